@@ -1,0 +1,187 @@
+"""Typed configuration: dataclasses with defaults, YAML files with `_base_`, `--set` overrides.
+
+The defaults below are the *built-in default job*: a small ResNet-18-FPN Mask R-CNN trained
+with 10-point supervision on the synthetic data set, sized to train on a 2-core CPU in
+minutes. The YAML files under `configs/` override them for the paper's COCO setups
+(detectron2's defaults: R50-FPN, FrozenBN, 800px, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _coco_root() -> str:
+    return os.environ.get("POINTSUP_DATASETS", "datasets")
+
+
+@dataclass
+class DataConfig:
+    # Any COCO-format data set: instances JSON (with masks and/or point_coords/point_labels)
+    # plus an image folder. Empty train_json means: the built-in synthetic data set.
+    train_json: str = ""
+    train_images: str = ""
+    val_json: str = ""
+    val_images: str = ""
+    # Built-in synthetic data (used when train_json is empty); created on first use.
+    synthetic_dir: str = ".cache/pointsup/synthetic"
+    synthetic_num_train: int = 600
+    synthetic_num_val: int = 100
+    synthetic_image_size: int = 128
+    # Point simulation for the built-in data (paper sec. 3.1): P_N with N points per box.
+    num_points: int = 10
+    # Transforms (sizes are the shortest edge in pixels; one is chosen per image).
+    min_size_train: list[int] = field(default_factory=lambda: [112, 128, 144])
+    max_size_train: int = 256
+    min_size_test: int = 128
+    max_size_test: int = 256
+    random_flip: bool = True
+    random_crop: bool = False
+    crop_size: list[float] = field(default_factory=lambda: [0.7, 0.7])  # relative (h, w)
+    # Paper sec. 3.2: each iteration every box keeps a random K of its N points (K = N // 2
+    # when point_aug_num is 0).
+    point_aug: bool = False
+    point_aug_num: int = 0
+    filter_empty: bool = True  # skip training images without (non-crowd) objects
+    num_workers: int = 2
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 18  # 18, 34, 50, 101
+    groups: int = 1  # 32 for ResNeXt-101 32x8d
+    width_per_group: int = 64  # 8 for ResNeXt-101 32x8d
+    norm: str = "BN"  # "FrozenBN", "BN", "SyncBN", "GN"
+    freeze_at: int = 0  # 0: train everything; 2: freeze stem + res2 (detectron2 default)
+    stride_in_1x1: bool = False  # True for MSRA/detectron2 weights, False for torchvision's
+    fpn_channels: int = 128  # 256 in the paper
+    fpn_norm: str = ""  # "" or "GN"
+    weights: str = ""  # path to ImageNet weights (torchvision state dict); "" = random init
+
+
+@dataclass
+class RPNConfig:
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one per level P2..P6
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.7])
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_topk_train: int = 2000  # per level
+    pre_nms_topk_test: int = 1000  # per level
+    post_nms_topk_train: int = 1000  # per image
+    post_nms_topk_test: int = 1000  # per image
+    nms_thresh: float = 0.7
+    min_box_size: float = 0.0
+    smooth_l1_beta: float = 0.0  # 0 = L1 (detectron2 default)
+
+
+@dataclass
+class ROIHeadsConfig:
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    iou_threshold: float = 0.5
+    pooler_resolution: int = 7
+    fc_dim: int = 1024
+    num_fc: int = 2
+    bbox_reg_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    score_thresh_test: float = 0.05
+    nms_thresh_test: float = 0.5
+    detections_per_image: int = 100
+    smooth_l1_beta: float = 0.0
+
+
+@dataclass
+class MaskHeadConfig:
+    name: str = "mask_rcnn"  # "mask_rcnn", "pointrend", "implicit_pointrend"
+    supervision: str = "points"  # "masks" (full masks) or "points" (P_N point labels)
+    # Mask R-CNN head
+    pooler_resolution: int = 14
+    num_conv: int = 4
+    conv_dim: int = 256
+    # PointRend / Implicit PointRend
+    in_feature: str = "p2"  # fine-grained features (paper sec. 4.3)
+    coarse_fc_dim: int = 1024
+    coarse_num_fc: int = 2
+    coarse_resolution: int = 7
+    point_head_dim: int = 256
+    point_head_num_fc: int = 3
+    train_num_points: int = 196  # 14 x 14
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    subdivision_steps: int = 3  # 28 -> 224
+    subdivision_num_points: int = 784  # 28 x 28
+    positional_encoding_dim: int = 256
+    positional_encoding_scale: float = 1.0
+    params_l2_weight: float = 1e-5  # Implicit PointRend: l2 on generated parameters (sec. 4.3)
+
+
+@dataclass
+class CondInstConfig:
+    # FCOS
+    fpn_strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    size_ranges: list[float] = field(default_factory=lambda: [0, 64, 128, 256, 512, 1e8])
+    center_sample_radius: float = 1.5
+    num_tower_convs: int = 4
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    score_thresh_test: float = 0.05
+    pre_nms_topk_test: int = 1000
+    nms_thresh_test: float = 0.6
+    detections_per_image: int = 100
+    # Mask branch and dynamic head
+    mask_branch_channels: int = 128
+    mask_out_channels: int = 8
+    dynamic_channels: int = 8
+    max_proposals: int = 500
+    # BoxInst (box-only baseline)
+    boxinst: bool = False
+    pairwise_size: int = 3
+    pairwise_dilation: int = 2
+    pairwise_color_thresh: float = 0.3
+    pairwise_warmup_iters: int = 10000
+
+
+@dataclass
+class ModelConfig:
+    meta_architecture: str = "rcnn"  # "rcnn" (Faster R-CNN + a mask head) or "condinst"
+    num_classes: int = 0  # 0 = take it from the training JSON
+    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB
+    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    condinst: CondInstConfig = field(default_factory=CondInstConfig)
+    weights: str = ""  # full-model checkpoint to start from
+
+
+@dataclass
+class SolverConfig:
+    ims_per_batch: int = 4  # total over all processes and accumulation steps
+    accumulate_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 1500
+    steps: list[int] = field(default_factory=lambda: [1100, 1400])
+    gamma: float = 0.1
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    clip_grad_norm: float = 0.0  # 0 = off
+    amp: str = ""  # "", "bf16", "fp16"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    output_dir: str = "output"
+    device: str = ""  # "" = cuda when available, else cpu
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_period: int = 500
+    eval_period: int = 0  # 0 = only at the end
+    log_period: int = 20
+    num_vis: int = 4  # prediction PNGs written at the end of training
