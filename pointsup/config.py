@@ -8,8 +8,13 @@ minutes. The YAML files under `configs/` override them for the paper's COCO setu
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import typing
 from dataclasses import dataclass, field
+
+import yaml
 
 
 def _coco_root() -> str:
@@ -185,3 +190,164 @@ class Config:
     eval_period: int = 0  # 0 = only at the end
     log_period: int = 20
     num_vis: int = 4  # prediction PNGs written at the end of training
+
+
+# ---------------------------------------------------------------------------------------
+# Loading: YAML files with `_base_`, strict typed mapping, `--set key=value` overrides.
+#
+# Precedence (later wins): dataclass defaults < `_base_` files (in list order, each with its
+# own bases first) < the file itself < `--set` overrides.
+#
+# String values may reference environment variables as `${VAR}` or `${VAR:-default}`,
+# e.g. `${POINTSUP_DATASETS:-datasets}/coco/annotations/instances_val2017.json`, so the
+# COCO root moves with `export POINTSUP_DATASETS=/data`. They are expanded when loaded.
+# ---------------------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+    """A config value has the wrong type or a YAML file is malformed."""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """A config file or override names a key that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+_ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str) -> str:
+    """Replace `${VAR}` / `${VAR:-default}` by the environment variable (or the default)."""
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"environment variable {name} is not set (use ${{{name}:-default}})")
+        return default
+
+    return _ENV_PATTERN.sub(replace, value)
+
+
+def _check_type(value, expected, key: str, source: str):
+    """Return `value` converted to the field type `expected`, or raise ConfigError."""
+
+    def fail():
+        raise ConfigError(
+            f"{key}: expected {getattr(expected, '__name__', expected)}, got {value!r} "
+            f"({type(value).__name__}) in {source}"
+        )
+
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, (list, tuple)):
+            fail()
+        return [_check_type(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if expected is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if expected is float:
+        # YAML 1.1 reads `1e-5` (no dot) as a string; accept any string float() understands.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                fail()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if expected is str:
+        if not isinstance(value, str):
+            fail()
+        return expand_env(value)
+    raise TypeError(f"{key}: unsupported field type {expected}")
+
+
+def _merge_into(obj, values: dict, prefix: str, source: str) -> None:
+    """Set the fields of dataclass `obj` from the nested dict `values` (strictly)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r} in {source}")
+    field_types = typing.get_type_hints(type(obj))
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in field_types:
+            raise ConfigKeyError(f"unknown config key '{key}' in {source}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _merge_into(current, value, f"{key}.", source)
+        else:
+            setattr(obj, name, _check_type(value, field_types[name], key, source))
+
+
+def _read_yaml(path: str) -> dict:
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _merge_file(cfg: Config, path: str, chain: tuple[str, ...] = ()) -> None:
+    """Apply `path` onto `cfg`: its `_base_` files first (recursively), then itself."""
+    path = os.path.abspath(path)
+    if path in chain:
+        raise ConfigError(f"_base_ cycle: {' -> '.join(chain + (path,))}")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    for base in [bases] if isinstance(bases, str) else bases:
+        base_path = os.path.join(os.path.dirname(path), expand_env(base))  # relative to this file
+        _merge_file(cfg, base_path, chain + (path,))
+    _merge_into(cfg, data, "", path)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `a.b.c=value` strings; the value is parsed with yaml.safe_load and type-checked."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        nested: dict = {}
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text) if text.strip() else ""
+        _merge_into(cfg, nested, "", f"--set {item}")
+    return cfg
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < `_base_` files < `path` < `overrides` (a list of "a.b.c=value")."""
+    cfg = Config()
+    if path:
+        _merge_file(cfg, path)
+    return apply_overrides(cfg, list(overrides))
+
+
+def config_from_dict(values: dict, source: str = "dict") -> Config:
+    """Build a Config from a nested dict (e.g. one stored in a checkpoint), strictly."""
+    cfg = Config()
+    _merge_into(cfg, values, "", source)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML, atomically (it loads back with `load_config`)."""
+    from pointsup.utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
