@@ -28,6 +28,10 @@ def atomic_save(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> None
     base, ext = os.path.splitext(os.path.basename(path))
     fd, tmp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
     os.close(fd)
+    # mkstemp creates the file with mode 0600; give the result the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         write_fn(tmp_path)
         os.replace(tmp_path, path)
