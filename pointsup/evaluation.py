@@ -1,0 +1,143 @@
+"""COCO evaluation: box and mask AP through pycocotools, like detectron2's COCOEvaluator.
+
+Inference runs on the (resized) test images; the model pastes its predictions into the
+original image size (`output_sizes=orig_sizes`) so they are compared with the GT of the
+JSON file in its own frame. Each prediction becomes one COCO result per instance:
+
+    {"image_id", "category_id", "score", "bbox": [x, y, w, h], "segmentation": RLE}
+
+In DDP every rank runs a shard of the images (rank r takes images r, r + W, ...) and the
+results are gathered on rank 0, which runs COCOeval and returns the metrics; the other
+ranks return an empty dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from pointsup.utils import distributed as dist_utils
+
+# COCOeval.stats order (after summarize()).
+_METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def instances_to_coco_results(prediction: dict[str, Tensor], image_id: int, contiguous_to_category_id: list[int]) -> list[dict]:
+    """One image's predictions (D instances, original-image frame) -> COCO result dicts."""
+    boxes_xyxy = prediction["pred_boxes"].detach().float().cpu()  # (D, 4)
+    scores = prediction["pred_scores"].detach().float().cpu().tolist()  # (D,)
+    classes = prediction["pred_classes"].detach().cpu().tolist()  # (D,)
+    boxes_xywh = boxes_xyxy.clone()
+    boxes_xywh[:, 2:] -= boxes_xyxy[:, :2]
+    rles: list[dict | None] = [None] * len(scores)
+    if "pred_masks" in prediction and len(scores) > 0:
+        masks = prediction["pred_masks"].detach().cpu().numpy().astype(np.uint8)  # (D, H, W)
+        # pycocotools wants a Fortran-ordered (H, W, D) uint8 array.
+        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+        for rle in rles:
+            rle["counts"] = rle["counts"].decode("ascii")  # bytes are not JSON-serialisable
+    results = []
+    for box, score, cls, rle in zip(boxes_xywh.tolist(), scores, classes, rles):
+        result = {"image_id": image_id, "category_id": contiguous_to_category_id[cls], "bbox": box, "score": score}
+        if rle is not None:
+            result["segmentation"] = rle
+        results.append(result)
+    return results
+
+
+def gt_has_masks(coco_gt: COCO) -> bool:
+    anns = coco_gt.dataset.get("annotations", [])
+    return len(anns) > 0 and all("segmentation" in a and a["segmentation"] for a in anns)
+
+
+def coco_eval(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list[int]) -> dict[str, float]:
+    """Run COCOeval for "bbox" or "segm"; AP in percent (None where COCO gives -1)."""
+    if not results:  # loadRes cannot take an empty list; no detections means AP 0.
+        return {name: 0.0 for name in _METRIC_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints a lot
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: (float(v) * 100 if v >= 0 else None) for name, v in zip(_METRIC_NAMES, evaluator.stats)}
+
+
+@torch.no_grad()
+def run_inference(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 1,
+                  num_workers: int = 0, amp_dtype: torch.dtype | None = None) -> list[dict]:
+    """COCO results for this rank's shard of `dataset` (needs `contiguous_to_category_id`)."""
+    from pointsup.data.collate import collate
+
+    rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
+    shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=partial(collate, size_divisibility=32))
+    was_training = model.training
+    model.eval()
+    results = []
+    for batch in loader:
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            predictions = model(batch.images, batch.image_sizes, output_sizes=batch.orig_sizes)
+        for prediction, image_id in zip(predictions, batch.image_ids):
+            results += instances_to_coco_results(prediction, image_id, dataset.contiguous_to_category_id)
+    model.train(was_training)
+    return results
+
+
+def evaluate_coco(model: nn.Module, dataset: Dataset, gt_json: str | None = None, device: torch.device | str = "cpu",
+                  batch_size: int = 1, num_workers: int = 0, amp_dtype: torch.dtype | None = None,
+                  results_path: str | None = None) -> dict[str, Any]:
+    """Box (and mask) AP of `model` on `dataset`, whose GT is `gt_json` (default: dataset.json_path).
+
+    Returns {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}} on rank 0
+    ({} on other ranks). "segm" is left out, with a warning, when the GT has no masks.
+    """
+    device = torch.device(device)
+    # `model` may be DDP-wrapped: evaluate the bare module so ranks need not run in lockstep.
+    model = model.module if hasattr(model, "module") else model
+    results = run_inference(model, dataset, device, batch_size, num_workers, amp_dtype)
+    gathered = dist_utils.gather_objects(results)
+    if gathered is None:
+        return {}
+    results = [r for rank_results in gathered for r in rank_results]
+    if results_path:
+        from pointsup.utils.io import atomic_write_json
+
+        atomic_write_json(results_path, results)
+
+    gt_json = gt_json or getattr(dataset, "json_path", None)
+    if gt_json is None:
+        raise ValueError("evaluate_coco needs gt_json (the dataset has no json_path attribute)")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(gt_json)
+    image_ids = list(dataset.image_ids)
+    metrics = {"bbox": coco_eval(coco_gt, results, "bbox", image_ids)}
+    if gt_has_masks(coco_gt):
+        metrics["segm"] = coco_eval(coco_gt, results, "segm", image_ids)
+    else:
+        warnings.warn(f"{gt_json} has no masks: reporting box AP only")
+    return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """One line per task, e.g. 'segm: AP 35.2  AP50 56.1  AP75 37.4'."""
+    lines = []
+    for task, values in metrics.items():
+        if isinstance(values, dict):
+            parts = [f"{k} {v:.2f}" if isinstance(v, float) else f"{k} -" for k, v in values.items()]
+            lines.append(f"{task}: " + "  ".join(parts))
+    return "\n".join(lines)
