@@ -1,0 +1,50 @@
+"""Anchor boxes for the RPN: one size per FPN level, a few aspect ratios at every location.
+
+Shape letters: A anchors per location, H_l x W_l the grid of level l.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def cell_anchors(size: float, aspect_ratios: list[float]) -> Tensor:
+    """(A, 4) xyxy anchors centred on (0, 0), all of area size**2; ratio = height / width."""
+    anchors = []
+    for ratio in aspect_ratios:
+        w = math.sqrt(size * size / ratio)
+        h = ratio * w
+        anchors.append([-w / 2, -h / 2, w / 2, h / 2])
+    return torch.tensor(anchors)
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors of every level, ordered (H_l, W_l, A) to match the RPN head's outputs.
+
+    Anchor centres sit at (j * stride, i * stride) + offset * stride (detectron2 uses offset 0).
+    """
+
+    def __init__(self, sizes: list[float], aspect_ratios: list[float], strides: list[int], offset: float = 0.0):
+        super().__init__()
+        if len(sizes) != len(strides):
+            raise ValueError(f"need one anchor size per level, got {len(sizes)} sizes for {len(strides)} levels")
+        self.strides = list(strides)
+        self.offset = offset
+        self.num_anchors = len(aspect_ratios)  # A
+        for level, size in enumerate(sizes):
+            self.register_buffer(f"cell_anchors_{level}", cell_anchors(size, aspect_ratios), persistent=False)
+
+    def forward(self, grid_sizes: list[tuple[int, int]]) -> list[Tensor]:
+        """grid_sizes: per level (H_l, W_l) -> per level (H_l * W_l * A, 4) xyxy img anchors."""
+        anchors = []
+        for level, ((H, W), stride) in enumerate(zip(grid_sizes, self.strides)):
+            base = getattr(self, f"cell_anchors_{level}")  # (A, 4)
+            xs = (torch.arange(W, device=base.device, dtype=torch.float32) + self.offset) * stride
+            ys = (torch.arange(H, device=base.device, dtype=torch.float32) + self.offset) * stride
+            shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
+            shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
+            anchors.append((shifts + base[None]).reshape(-1, 4))
+        return anchors

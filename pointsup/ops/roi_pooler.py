@@ -1,0 +1,77 @@
+"""Multi-level RoIAlign: each box is pooled from the FPN level that suits its size.
+
+Shape letters: N images, R RoIs (all images concatenated), C channels, S output side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+
+def assign_boxes_to_levels(
+    boxes_xyxy: Tensor, min_level: int, max_level: int, canonical_box_size: float, canonical_level: int
+) -> Tensor:
+    """FPN paper eq. (1): a 224 x 224 box goes to P4, each halving of its side one level down.
+
+    boxes_xyxy: (R, 4) -> (R,) int64 level index relative to min_level (0 = finest).
+    """
+    side = torch.sqrt((boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).prod(dim=1).clamp(min=0))
+    level = torch.floor(canonical_level + torch.log2(side / canonical_box_size + 1e-8))
+    return level.clamp(min_level, max_level).to(torch.int64) - min_level
+
+
+class ROIPooler(nn.Module):
+    """RoIAlign (aligned=True, i.e. pixel centres at +0.5) over a list of FPN levels.
+
+    torchvision's MultiScaleRoIAlign uses aligned=False (a half-pixel shift), so it is not
+    used here: our masks and boxes live in the continuous `*_img` frame.
+    """
+
+    def __init__(
+        self,
+        output_size: int,
+        scales: list[float],
+        sampling_ratio: int = 0,
+        canonical_box_size: int = 224,
+        canonical_level: int = 4,
+    ):
+        super().__init__()
+        levels = [-math.log2(s) for s in scales]
+        if any(abs(lv - round(lv)) > 1e-6 for lv in levels) or [round(lv) for lv in levels] != list(
+            range(round(levels[0]), round(levels[0]) + len(levels))
+        ):
+            raise ValueError(f"scales must be consecutive powers of 1/2, got {scales}")
+        self.output_size = output_size
+        self.scales = list(scales)
+        self.sampling_ratio = sampling_ratio
+        self.canonical_box_size = canonical_box_size
+        self.canonical_level = canonical_level
+        self.min_level = round(levels[0])
+        self.max_level = round(levels[-1])
+
+    def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        """features: per level (N, C, H_l, W_l), finest first; boxes: per image (R_i, 4) xyxy img.
+
+        returns (R, C, S, S) with R = sum(R_i), in the order of the concatenated boxes.
+        """
+        boxes_xyxy = torch.cat(boxes)  # (R, 4)
+        batch_idx = torch.cat([torch.full((len(b),), i, dtype=boxes_xyxy.dtype, device=boxes_xyxy.device) for i, b in enumerate(boxes)])
+        rois = torch.cat([batch_idx[:, None], boxes_xyxy], dim=1)  # (R, 5) torchvision's format
+        R, C, S = rois.shape[0], features[0].shape[1], self.output_size
+        if len(features) == 1:
+            return roi_align(features[0], rois, S, self.scales[0], self.sampling_ratio, aligned=True)
+
+        level_idx = assign_boxes_to_levels(
+            boxes_xyxy, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        )
+        out = features[0].new_zeros(R, C, S, S)
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.nonzero(level_idx == level).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            out[idx] = roi_align(feature, rois[idx], S, scale, self.sampling_ratio, aligned=True).to(out.dtype)
+        return out
