@@ -195,7 +195,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(last_norm.weight)
 
     def freeze(self, freeze_at: int) -> None:
-        """Freeze the stem (freeze_at >= 1) and layer1..layer{freeze_at - 1}."""
+        """Freeze the stem (freeze_at >= 1) and layer1..layer{freeze_at - 1}; never unfreezes."""
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
         for names in stages[:freeze_at]:
             for name in names:
