@@ -1,0 +1,251 @@
+"""Augmentations that move the image, boxes, masks and labelled points together.
+
+Shape letters: M instances, P points per instance, H x W the image before, H' x W' after.
+
+Every transform is a callable `(image (3, H, W) float32, targets) -> (image, targets)`.
+All geometry is done in the continuous image frame of `pointsup.structures` (pixel (i, j)
+covers [j, j+1) x [i, i+1)), so a point keeps lying in the same pixel content:
+    resize  x' = x * W' / W        (masks: nearest with pixel-centre alignment)
+    flip    x' = W - x             (boxes: x0' = W - x1, x1' = W - x0)
+    crop    x' = x - left          (points leaving the crop get label -1 = ignore)
+Randomness comes from torch's global RNG, so each DataLoader worker (seeded differently by
+PyTorch) draws different augmentations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pointsup.config import DataConfig
+from pointsup.structures import IGNORE_LABEL, InstanceTargets
+
+Transform = Callable[[Tensor, InstanceTargets], tuple[Tensor, InstanceTargets]]
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
+        for t in self.transforms:
+            image, targets = t(image, targets)
+        return image, targets
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
+
+
+def resized_shape(H: int, W: int, short_size: int, max_size: int) -> tuple[int, int]:
+    """(H', W') with the short side `short_size`, long side capped at `max_size` (detectron2 rule)."""
+    scale = short_size / min(H, W)
+    if max(H, W) * scale > max_size:
+        scale = max_size / max(H, W)
+    return max(1, int(H * scale + 0.5)), max(1, int(W * scale + 0.5))
+
+
+def resize(image: Tensor, targets: InstanceTargets, size: tuple[int, int]) -> tuple[Tensor, InstanceTargets]:
+    """Resize image (3, H, W) and targets to size (H', W')."""
+    H, W = image.shape[-2:]
+    H2, W2 = size
+    if (H2, W2) == (H, W):
+        return image, targets
+    # Antialias when shrinking, like PIL's bilinear resize used by detectron2.
+    image = F.interpolate(image[None], size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)[0]
+    image = image.clamp(0.0, 255.0)
+    sx, sy = W2 / W, H2 / H
+    scale_xy = torch.tensor([sx, sy], dtype=torch.float32)
+    masks = targets.masks
+    if masks is not None and masks.shape[0] > 0:
+        # "nearest-exact" reads the source pixel containing the new pixel's centre
+        # ((j' + 0.5) * W / W'), which is the continuous-frame mapping used for points.
+        masks = F.interpolate(masks[None].float(), size=(H2, W2), mode="nearest-exact")[0] > 0.5
+    elif masks is not None:
+        masks = torch.zeros(0, H2, W2, dtype=torch.bool)
+    return image, replace(
+        targets,
+        boxes=targets.boxes * scale_xy.repeat(2),
+        masks=masks,
+        point_coords=None if targets.point_coords is None else targets.point_coords * scale_xy,
+        image_size=(H2, W2),
+    )
+
+
+class ResizeShortestEdge:
+    """Resize so the short side is a random choice of `short_sizes`, long side <= `max_size`."""
+
+    def __init__(self, short_sizes: Sequence[int], max_size: int) -> None:
+        if len(short_sizes) == 0:
+            raise ValueError("short_sizes must not be empty")
+        self.short_sizes = [int(s) for s in short_sizes]
+        self.max_size = int(max_size)
+
+    def __call__(self, image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
+        short = self.short_sizes[int(torch.randint(len(self.short_sizes), ()))]
+        H, W = image.shape[-2:]
+        return resize(image, targets, resized_shape(H, W, short, self.max_size))
+
+    def __repr__(self) -> str:
+        return f"ResizeShortestEdge(short_sizes={self.short_sizes}, max_size={self.max_size})"
+
+
+def hflip(image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
+    """Mirror image (3, H, W) and targets left-right: x' = W - x."""
+    W = image.shape[-1]
+    boxes = targets.boxes.clone()
+    boxes[:, 0], boxes[:, 2] = W - targets.boxes[:, 2], W - targets.boxes[:, 0]
+    point_coords = targets.point_coords
+    if point_coords is not None:
+        point_coords = point_coords.clone()
+        point_coords[..., 0] = W - point_coords[..., 0]
+    return image.flip(-1), replace(
+        targets,
+        boxes=boxes,
+        masks=None if targets.masks is None else targets.masks.flip(-1),
+        point_coords=point_coords,
+    )
+
+
+class RandomHorizontalFlip:
+    """Flip left-right with probability p."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = float(p)
+
+    def __call__(self, image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
+        if float(torch.rand(())) < self.p:
+            return hflip(image, targets)
+        return image, targets
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+def crop(image: Tensor, targets: InstanceTargets, top: int, left: int, height: int, width: int) -> tuple[Tensor, InstanceTargets]:
+    """Crop image (3, H, W) to rows [top, top+height), cols [left, left+width).
+
+    Boxes are shifted and clipped to the crop; boxes that become empty are dropped together
+    with their masks and points. Points outside the crop get label -1 (ignore), since the
+    annotator's label refers to image content that is no longer there.
+    """
+    image = image[:, top : top + height, left : left + width]
+    offset_xy = torch.tensor([left, top], dtype=torch.float32)
+    boxes = targets.boxes - offset_xy.repeat(2)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (M,)
+
+    masks = targets.masks
+    if masks is not None:
+        masks = masks[:, top : top + height, left : left + width]
+    point_coords, point_labels = targets.point_coords, targets.point_labels
+    if point_coords is not None:
+        point_coords = point_coords - offset_xy  # (M, P, 2)
+        inside = (
+            (point_coords[..., 0] >= 0) & (point_coords[..., 0] <= width)
+            & (point_coords[..., 1] >= 0) & (point_coords[..., 1] <= height)
+        )  # (M, P)
+        point_labels = torch.where(inside, point_labels, torch.full_like(point_labels, IGNORE_LABEL))
+    cropped = InstanceTargets(
+        boxes=boxes,
+        classes=targets.classes,
+        image_size=(height, width),
+        masks=masks,
+        point_coords=point_coords,
+        point_labels=point_labels,
+    )
+    return image, cropped[keep]
+
+
+class RandomCrop:
+    """Crop a random window of relative size (h, w) (fractions of the image side)."""
+
+    def __init__(self, relative_size: Sequence[float]) -> None:
+        rh, rw = (float(v) for v in relative_size)
+        if not (0 < rh <= 1 and 0 < rw <= 1):
+            raise ValueError(f"relative crop size must be in (0, 1], got {relative_size}")
+        self.relative_size = (rh, rw)
+
+    def __call__(self, image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
+        H, W = image.shape[-2:]
+        ch = max(1, int(H * self.relative_size[0] + 0.5))
+        cw = max(1, int(W * self.relative_size[1] + 0.5))
+        top = int(torch.randint(H - ch + 1, ()))
+        left = int(torch.randint(W - cw + 1, ()))
+        return crop(image, targets, top, left, ch, cw)
+
+    def __repr__(self) -> str:
+        return f"RandomCrop(relative_size={self.relative_size})"
+
+
+def subsample_points(point_coords: Tensor, point_labels: Tensor, num_keep: int | None) -> tuple[Tensor, Tensor]:
+    """Keep a random subset of each instance's valid (label >= 0) points.
+
+    point_coords (M, P, 2), point_labels (M, P) -> (M, K, 2), (M, K).
+    num_keep=None: instance m keeps K_m = max(1, N_m // 2) of its N_m valid points (paper
+    sec. 3.2: half the points, 5 of P_10), K = max K_m. Otherwise K = num_keep and each
+    instance keeps min(num_keep, N_m). Unused slots are padded with label -1.
+    """
+    M, P = point_labels.shape
+    valid = point_labels >= 0  # (M, P)
+    num_valid = valid.sum(dim=1)  # (M,)
+    if num_keep is None:
+        keep_per_instance = torch.where(num_valid > 0, (num_valid // 2).clamp(min=1), num_valid)
+        K = int(keep_per_instance.max()) if M > 0 else 0
+    else:
+        K = int(num_keep)
+        keep_per_instance = num_valid.clamp(max=K)
+    # A random permutation of the valid points first: random keys, invalid points last.
+    keys = torch.rand(M, P) + (~valid).float() * 2.0
+    order = keys.argsort(dim=1)[:, :K]  # (M, K') with K' = min(K, P)
+    coords = torch.gather(point_coords, 1, order[..., None].expand(-1, -1, 2))
+    labels = torch.gather(point_labels, 1, order)
+    slot = torch.arange(order.shape[1])[None, :]  # (1, K')
+    labels = torch.where(slot < keep_per_instance[:, None], labels, torch.full_like(labels, IGNORE_LABEL))
+    if order.shape[1] < K:  # fewer columns than asked for: pad to K
+        pad = K - order.shape[1]
+        coords = torch.cat([coords, coords.new_zeros(M, pad, 2)], dim=1)
+        labels = torch.cat([labels, labels.new_full((M, pad), IGNORE_LABEL)], dim=1)
+    return coords, labels
+
+
+class PointAugmentation:
+    """Paper sec. 3.2: every iteration each box keeps a random K of its N points (default N // 2)."""
+
+    def __init__(self, num_keep: int | None = None) -> None:
+        if num_keep is not None and num_keep < 1:
+            raise ValueError(f"num_keep must be >= 1 or None, got {num_keep}")
+        self.num_keep = num_keep
+
+    def __call__(self, image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
+        if targets.point_coords is None:
+            return image, targets
+        coords, labels = subsample_points(targets.point_coords, targets.point_labels, self.num_keep)
+        return image, replace(targets, point_coords=coords, point_labels=labels)
+
+    def __repr__(self) -> str:
+        return f"PointAugmentation(num_keep={self.num_keep})"
+
+
+def build_train_transforms(data_cfg: DataConfig) -> Compose:
+    """Crop (optional) -> multi-scale resize -> flip (optional) -> point subsampling (optional)."""
+    transforms: list[Transform] = []
+    if data_cfg.random_crop:
+        transforms.append(RandomCrop(data_cfg.crop_size))
+    transforms.append(ResizeShortestEdge(data_cfg.min_size_train, data_cfg.max_size_train))
+    if data_cfg.random_flip:
+        transforms.append(RandomHorizontalFlip(0.5))
+    if data_cfg.point_aug:
+        transforms.append(PointAugmentation(data_cfg.point_aug_num or None))
+    return Compose(transforms)
+
+
+def build_test_transforms(data_cfg: DataConfig) -> Compose:
+    """A single deterministic resize."""
+    return Compose([ResizeShortestEdge([data_cfg.min_size_test], data_cfg.max_size_test)])
