@@ -1,0 +1,121 @@
+"""The training loop with a tiny fake model: resume, gradient accumulation, NaN stop, files."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from pointsup import checkpoint as ckpt
+from pointsup.data.coco import CocoInstanceDataset
+from pointsup.data.transforms import build_train_transforms
+from pointsup.train import main
+
+from .fakes import TinyDetector, make_tiny_coco, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    return make_tiny_coco(str(root), num_images=6, size=64), str(root / "images")
+
+
+def train_set(tiny_coco, cfg, random_flip=False):
+    json_path, images = tiny_coco
+    cfg.data.random_flip = random_flip
+    return CocoInstanceDataset(json_path, images, transforms=build_train_transforms(cfg.data), use_masks=False)
+
+
+def losses(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return {r["iter"]: r for r in map(json.loads, f) if "total_loss" in r}
+
+
+def new_model(dropout=0.0, **kw):
+    torch.manual_seed(123)  # the same initial weights in every run
+    return TinyDetector(dropout=dropout, **kw)
+
+
+def test_resume_continues_exactly(tiny_coco, tmp_path):
+    """Kill after the checkpoint at iteration 2 (simulated): the resumed run's next losses and
+    final weights equal those of an uninterrupted run. Random flips and dropout make the test
+    depend on the restored RNG state and data position."""
+    cfg = tiny_config(str(tmp_path / "full"), max_iter=5)
+    cfg.checkpoint_period = 2
+    model_full = new_model(dropout=0.3)
+    main(cfg, model=model_full, train_set=train_set(tiny_coco, cfg, random_flip=True))
+    full = losses(cfg.output_dir)
+    assert sorted(full) == [1, 2, 3, 4, 5]
+    assert os.path.exists(os.path.join(cfg.output_dir, "model_0000004.pth"))
+
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(os.path.join(cfg.output_dir, "model_0000002.pth"), resumed_dir)
+    lines = open(os.path.join(cfg.output_dir, "metrics.jsonl")).readlines()
+    (resumed_dir / "metrics.jsonl").write_text("".join(lines[:3]))  # the log had gone one line further
+    (resumed_dir / "last_checkpoint").write_text("model_0000002.pth")
+    cfg.output_dir = str(resumed_dir)
+    model_resumed = new_model(dropout=0.3)
+    torch.manual_seed(999)  # the resumed process starts from a different global RNG state
+    main(cfg, resume=True, model=model_resumed, train_set=train_set(tiny_coco, cfg, random_flip=True))
+    resumed = losses(cfg.output_dir)
+    assert sorted(resumed) == [1, 2, 3, 4, 5]  # lines after the checkpoint were dropped, then redone
+    for it in (3, 4, 5):
+        assert resumed[it]["total_loss"] == pytest.approx(full[it]["total_loss"], rel=1e-6, abs=1e-7), it
+        assert resumed[it]["lr"] == full[it]["lr"]
+    for (name, a), b in zip(model_full.state_dict().items(), model_resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_gradient_accumulation_equals_big_batch(tiny_coco, tmp_path):
+    results = {}
+    for accumulate in (1, 2):
+        cfg = tiny_config(str(tmp_path / f"acc{accumulate}"), max_iter=2, ims_per_batch=2, accumulate_steps=accumulate)
+        model = new_model()
+        main(cfg, model=model, train_set=train_set(tiny_coco, cfg))
+        results[accumulate] = (model.state_dict(), losses(cfg.output_dir))
+    for name, a in results[1][0].items():
+        torch.testing.assert_close(results[2][0][name], a, rtol=1e-5, atol=1e-6, msg=name)
+    for it in (1, 2):
+        assert results[2][1][it]["total_loss"] == pytest.approx(results[1][1][it]["total_loss"], rel=1e-5)
+    # and something was learned at all: the weights moved
+    assert not torch.equal(results[1][0]["box.weight"], new_model().state_dict()["box.weight"])
+
+
+def test_batch_not_divisible_is_an_error(tiny_coco, tmp_path):
+    cfg = tiny_config(str(tmp_path), ims_per_batch=3, accumulate_steps=2)
+    with pytest.raises(ValueError, match="not divisible"):
+        main(cfg, model=new_model(), train_set=train_set(tiny_coco, cfg))
+
+
+def test_nan_loss_stops_with_iteration_and_terms(tiny_coco, tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    with pytest.raises(FloatingPointError, match=r"iteration 2.*loss_box=nan"):
+        main(cfg, model=new_model(nan_at_call=2), train_set=train_set(tiny_coco, cfg))
+
+
+def test_files_written_and_checkpoint_contents(tiny_coco, tmp_path):
+    cfg = tiny_config(str(tmp_path / "out"), max_iter=3)
+    cfg.checkpoint_period = 2
+    dataset = train_set(tiny_coco, cfg)
+    metrics = main(cfg, model=new_model(), train_set=dataset, val_set=None)
+    out = cfg.output_dir
+    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "loss_curve.png", "model_0000002.pth", "model_final.pth"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert ckpt.find_last_checkpoint(out) == os.path.join(out, "model_final.pth")
+    state = ckpt.load_checkpoint(os.path.join(out, "model_0000002.pth"))
+    assert state["iteration"] == 2 and state["config"]["solver"]["max_iter"] == 3
+    assert set(state) >= {"model", "optimizer", "scaler", "rng", "class_names"}
+    assert state["class_names"] == dataset.class_names
+    assert metrics["iteration"] == 3
+    assert not [n for n in os.listdir(out) if ".tmp" in n]  # no temp files left behind
+
+
+def test_find_last_checkpoint_without_marker(tmp_path):
+    assert ckpt.find_last_checkpoint(str(tmp_path)) is None
+    for it in (5, 10):
+        ckpt.save_checkpoint(str(tmp_path), ckpt.checkpoint_name(it), {"iteration": it})
+    assert ckpt.find_last_checkpoint(str(tmp_path)).endswith("model_0000010.pth")
+    os.remove(tmp_path / "last_checkpoint")
+    assert ckpt.find_last_checkpoint(str(tmp_path)).endswith("model_0000010.pth")
