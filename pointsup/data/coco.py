@@ -103,7 +103,10 @@ def decode_segmentation(segmentation: Any, image_size: tuple[int, int], source: 
                 rle = segmentation
         else:
             raise ValueError(f"unknown segmentation format {type(segmentation).__name__}")
-        return mask_util.decode(rle).astype(bool)
+        with warnings.catch_warnings():
+            # pycocotools < 2.0.9 triggers a numpy 2 DeprecationWarning inside decode.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return mask_util.decode(rle).astype(bool)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{source}: annotation id {ann_id}: bad segmentation ({e})") from None
 

@@ -23,7 +23,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from pointsup.data.coco import decode_segmentation, load_coco_json
@@ -68,8 +67,8 @@ def distance_to_boundary(coords_img: np.ndarray, mask: np.ndarray, box_xyxy: tup
     boundary = boundary_pixel_centres(mask, window)  # (B, 2)
     if len(boundary) == 0 or len(coords_img) == 0:
         return np.full(len(coords_img), np.inf)
-    dists = torch.cdist(torch.from_numpy(coords_img)[None], torch.from_numpy(boundary)[None])[0]  # (P, B)
-    return dists.min(dim=1).values.numpy()
+    sq_dists = ((coords_img[:, None, :] - boundary[None, :, :]) ** 2).sum(axis=-1)  # (P, B)
+    return np.sqrt(sq_dists.min(axis=1))
 
 
 def sample_points_in_box(
