@@ -1,0 +1,186 @@
+"""Implicit PointRend: parameter layout, positional encoding, head training/inference."""
+
+import pytest
+import torch
+from torch import nn
+
+from pointsup.config import Config, MaskHeadConfig
+from pointsup.models.implicit_pointrend import (
+    FourierPositionalEncoding,
+    ImplicitPointHead,
+    build_implicit_pointrend_head,
+    dynamic_mlp,
+)
+
+from .test_pointrend import make_batch, empty_rois
+
+K, C, STRIDE = 3, 16, 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: a second intra-op thread only adds sync overhead (100x on a busy CPU).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_cfg(supervision: str) -> MaskHeadConfig:
+    return MaskHeadConfig(
+        name="implicit_pointrend", supervision=supervision, conv_dim=16, coarse_fc_dim=64,
+        point_head_dim=32, train_num_points=49, positional_encoding_dim=32,
+    )
+
+
+def sequential_from_params(head: ImplicitPointHead, params_r: torch.Tensor) -> nn.Sequential:
+    """An ordinary nn.Sequential MLP whose Linear layers are loaded from one RoI's vector,
+    following the documented layout: all weights (row-major (out, in)), then all biases."""
+    layers, offset = [], 0
+    linears = [nn.Linear(i, o) for o, i in head.layer_shapes]
+    for lin in linears:
+        n = lin.weight.numel()
+        lin.weight.data.copy_(params_r[offset : offset + n].view_as(lin.weight))
+        offset += n
+    for lin in linears:
+        n = lin.bias.numel()
+        lin.bias.data.copy_(params_r[offset : offset + n])
+        offset += n
+    assert offset == params_r.numel()
+    for lin in linears:
+        layers += [lin, nn.ReLU()]
+    return nn.Sequential(*layers[:-1])  # no ReLU after the output layer
+
+
+def test_dynamic_mlp_equals_sequential_mlp_built_from_the_same_params():
+    head = ImplicitPointHead(feature_channels=6, num_classes=4, hidden_dim=8, num_hidden=3, encoding_dim=10)
+    R, P = 3, 5
+    params = torch.randn(R, head.num_params)
+    fine = torch.randn(R, 6, P)
+    coords = torch.rand(R, P, 2)
+    logits = head(params, fine, coords)  # (R, K, P)
+    assert logits.shape == (R, 4, P)
+    x = torch.cat([head.encoding(coords), fine.transpose(1, 2)], dim=2)  # input = [encoding, features]
+    for r in range(R):
+        expected = sequential_from_params(head, params[r])(x[r])  # (P, K)
+        torch.testing.assert_close(logits[r], expected.T, atol=1e-5, rtol=1e-5)
+    # Evaluating only the given class (last layer cut to one row) gives that class's logits.
+    classes = torch.tensor([2, 0, 3])
+    one = head(params, fine, coords, classes)
+    assert one.shape == (R, 1, P)
+    torch.testing.assert_close(one[:, 0], logits[torch.arange(R), classes], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        head(params[:, :-1], fine, coords)
+
+
+def test_dynamic_mlp_relu_only_between_layers():
+    x = torch.randn(2, 4, 3)
+    w = [torch.eye(3).expand(2, 3, 3), -torch.eye(3).expand(2, 3, 3)]
+    b = [torch.zeros(2, 3), torch.zeros(2, 3)]
+    torch.testing.assert_close(dynamic_mlp(x, w, b), -x.relu())
+
+
+def test_parameter_count_matches_reference_for_coco():
+    # Reference number: 283,472 generated parameters per RoI for K = 80, p2 of 256 channels,
+    # a 256-d encoding and 3 hidden layers of 256.
+    head = ImplicitPointHead(feature_channels=256, num_classes=80, hidden_dim=256, num_hidden=3, encoding_dim=256)
+    print("Implicit PointRend generated parameters per RoI (K=80):", head.num_params)
+    assert head.num_params == 512 * 256 + 256 + 2 * (256 * 256 + 256) + 256 * 80 + 80 == 283_472
+    assert head.layer_shapes == [(256, 512), (256, 256), (256, 256), (80, 256)]
+    mlp = sequential_from_params(head, torch.zeros(head.num_params))
+    assert sum(p.numel() for p in mlp.parameters()) == 283_472
+
+
+def test_positional_encoding_fixed_saved_and_distinct():
+    enc = FourierPositionalEncoding(dim=256, scale=1.0)
+    coords = torch.rand(2, 7, 2)
+    a = enc(coords)
+    assert a.shape == (2, 7, 256)
+    torch.testing.assert_close(enc(coords), a)  # no randomness per call
+    # sin^2 + cos^2 = 1 for each of the 128 frequencies.
+    torch.testing.assert_close(a[..., :128] ** 2 + a[..., 128:] ** 2, torch.ones(2, 7, 128))
+    state = enc.state_dict()
+    assert "gaussian_matrix" in state and state["gaussian_matrix"].shape == (2, 128)
+    other = FourierPositionalEncoding(dim=256)  # a different random matrix...
+    assert not torch.allclose(other(coords), a)
+    other.load_state_dict(state)  # ...until the checkpoint restores it
+    torch.testing.assert_close(other(coords), a)
+    # Different points -> different encodings (pairwise distinct over a grid).
+    grid = torch.stack(torch.meshgrid(torch.linspace(0, 1, 9), torch.linspace(0, 1, 9), indexing="ij"), -1).view(1, -1, 2)
+    e = enc(grid)[0]
+    dist = torch.cdist(e, e) + torch.eye(81) * 1e3
+    assert dist.min() > 0.1
+    # The head's encoding is part of the model's state dict.
+    head = build_implicit_pointrend_head(small_cfg("points"), K, C, {"p2": STRIDE})
+    assert "point_head.encoding.gaussian_matrix" in head.state_dict()
+
+
+@pytest.mark.parametrize("supervision", ["masks", "points"])
+def test_implicit_pointrend_train_and_eval(supervision):
+    features, boxes, classes, targets, matched = make_batch()
+    head = build_implicit_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}).train()
+    losses = head(features, boxes, classes, targets, matched)
+    assert set(losses) == {"loss_mask_point", "loss_params_l2"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+    head.eval()
+    with torch.no_grad():
+        masks = head(features, boxes, classes)
+        head.inference_chunk_size = 2  # chunking detections must not change the result
+        chunked = head(features, boxes, classes)
+    assert [m.shape for m in masks] == [(3, 224, 224), (0, 224, 224)]
+    torch.testing.assert_close(chunked[0], masks[0])
+
+
+@pytest.mark.parametrize("supervision", ["masks", "points"])
+def test_implicit_pointrend_no_rois_train_and_eval(supervision):
+    features, _, _, targets, _ = make_batch()
+    head = build_implicit_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}).train()
+    boxes, classes, matched = empty_rois()
+    losses = head(features, boxes, classes, [targets[1], targets[1]], matched)
+    assert all(v.item() == 0.0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in head.parameters())  # every param in the graph (DDP)
+    head.eval()
+    assert [m.shape for m in head(features, boxes, classes)] == [(0, 224, 224)] * 2
+
+
+def test_implicit_pointrend_fits_points():
+    features, boxes, classes, targets, matched = make_batch()
+    head = build_implicit_pointrend_head(small_cfg("points"), K, C, {"p2": STRIDE}).train()
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = head(features, boxes, classes, targets, matched)["loss_mask_point"]
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_implicit_pointrend_in_build_rcnn_train_step_and_inference():
+    from pointsup.models.rcnn import build_rcnn
+
+    cfg = Config()
+    cfg.model.mask_head = small_cfg("masks")
+    cfg.model.backbone.fpn_channels = 16
+    cfg.model.roi_heads.batch_size_per_image = 32
+    cfg.model.rpn.post_nms_topk_train = 64
+    cfg.model.rpn.post_nms_topk_test = 32
+    cfg.model.roi_heads.detections_per_image = 5
+    cfg.model.roi_heads.score_thresh_test = 0.0
+    model = build_rcnn(cfg, num_classes=K)
+    _, _, _, targets, _ = make_batch()
+    images = torch.rand(2, 3, 64, 64) * 255
+    model.train()
+    losses = model(images, [(64, 64)] * 2, targets)
+    assert {"loss_mask_point", "loss_params_l2"} <= set(losses)
+    assert losses["loss_mask_point"] > 0
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model(images, [(64, 64)] * 2)
+    assert len(out) == 2 and out[0]["pred_masks"].shape == (5, 64, 64)
