@@ -27,6 +27,10 @@ For E = C = 256, 3 hidden layers of 256 and K = 80:
 
     512*256 + 256 + 256*256 + 256 + 256*256 + 256 + 256*80 + 80 = 283,472 parameters per RoI.
 
+Initialisation: the parameter head's last layer has weights of std 0.001 (as the reference)
+but its bias holds one standard MLP in this layout (the reference uses bias 0), so training
+starts from a shared working point head instead of a product of near-zero layers.
+
 Cost to keep in mind: the parameter head's last layer is Linear(1024, 283,472), about
 290M weights (1.16 GB in float32), as in the reference. The generated params take
 R x D x 4 bytes: 145 MB for 128 foreground proposals in training, and at inference
@@ -102,6 +106,13 @@ class ImplicitPointHead(nn.Module):
         self.layer_shapes = [(dims[l + 1], dims[l]) for l in range(len(dims) - 1)]  # (out_l, in_l)
         self.num_params = sum(o * i + o for o, i in self.layer_shapes)
 
+    def standard_init_params(self) -> Tensor:
+        """(D,) one ordinary MLP in the parameter layout: weights drawn like detectron2's
+        c2_xavier_fill (uniform, variance 1 / fan_in), biases 0."""
+        weights = [nn.init.kaiming_uniform_(torch.empty(o, i), a=1).flatten() for o, i in self.layer_shapes]
+        biases = [torch.zeros(o) for o, _ in self.layer_shapes]
+        return torch.cat(weights + biases)
+
     def split_params(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """params (R, D) -> weights [(R, out_l, in_l)], biases [(R, out_l)], per the layout."""
         R, D = params.shape
@@ -163,10 +174,19 @@ class ImplicitPointRendMaskHead(nn.Module):
         subdivision_steps: int = 3,
         subdivision_num_points: int = 28 * 28,
         inference_chunk_size: int = 32,
+        init_params_as_mlp: bool = True,
     ):
         super().__init__()
         if supervision not in SUPERVISIONS:
             raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
+        if init_params_as_mlp:
+            # Deviation from the reference, which starts every generated parameter near 0
+            # (prediction weight std 0.001, bias 0): a product of 4 near-zero layers passes
+            # almost no gradient, and on short schedules with SGD the head then only learns
+            # its output bias. Starting the bias at one properly initialised MLP makes every
+            # RoI begin with a working shared MLP; the small weights learn the per-instance part.
+            with torch.no_grad():
+                parameter_head.prediction.bias.copy_(point_head.standard_init_params())
         self.parameter_head = parameter_head
         self.point_head = point_head
         self.in_feature = in_feature
