@@ -32,8 +32,12 @@ INF = 1e8
 
 
 def group_norm(num_channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, or fewer when the (tiny, test-sized) channel count needs it."""
-    return nn.GroupNorm(math.gcd(32, num_channels), num_channels)
+    """GroupNorm with 32 groups (FCOS / CondInst), fewer for tiny test-sized channel counts.
+
+    Groups always hold at least 2 channels, so a 1 x 1 map (P7 of a small image) still
+    has more than one value to normalise over.
+    """
+    return nn.GroupNorm(math.gcd(32, max(num_channels // 2, 1)), num_channels)
 
 
 class Scale(nn.Module):
