@@ -37,6 +37,7 @@ def draw_prediction(image: Tensor, prediction: dict[str, Tensor], class_names: l
         scores=prediction["pred_scores"][keep].cpu(),
         masks=prediction["pred_masks"][keep].cpu() if "pred_masks" in prediction else None,
         class_names=class_names,
+        scale=2.0 if max(image_hwc.shape[:2]) < 256 else 1.0,  # small images are hard to look at
     )
     return np.asarray(drawn)
 

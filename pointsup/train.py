@@ -177,9 +177,8 @@ def prepare_synthetic_data(cfg: Config) -> tuple[str, str, str, str]:
         if not os.path.exists(points_json):
             with open(os.path.join(root, "train.json")) as f:
                 coco_dict = json.load(f)
-            coco_dict = simulate_points(coco_dict, data.num_points, seed=0)
-            for ann in coco_dict["annotations"]:
-                ann.pop("segmentation", None)
+            coco_dict = simulate_points(coco_dict, data.num_points, seed=0, keep_masks=False)
+            assert not any("segmentation" in ann for ann in coco_dict["annotations"])
             atomic_write_json(points_json, coco_dict)
     dist_utils.barrier()  # the other ranks wait until rank 0 has written the files
     train_json = points_json if cfg.model.mask_head.supervision == "points" else os.path.join(root, "train.json")

@@ -71,19 +71,20 @@ def draw_loss_curve(records: list[dict[str, Any]], path: str, width: int = 900, 
         y = bottom - (math.log10(value) - y_min) / (y_max - y_min) * (bottom - top)
         return x, y
 
-    # Axes, with ticks at 5 iterations and at every power of ten (or min/max if none fit).
+    # Axes; x ticks at (up to) 5 whole iterations, y ticks at 1, 2, 5 x 10^d inside the range.
     draw.rectangle([left, top, right, bottom], outline="black")
-    for i in range(5):
-        it = x_min + (x_max - x_min) * i / 4
+    for it in sorted({round(x_min + (x_max - x_min) * i / 4) for i in range(5)}):
         x, _ = to_px(it, 10**y_min)
         draw.line([x, bottom, x, bottom + 5], fill="black")
-        draw.text((x - 15, bottom + 8), f"{it:.0f}", fill="black")
-    decades = list(range(math.ceil(y_min), math.floor(y_max) + 1)) or [y_min, y_max]
-    for d in decades:
-        _, y = to_px(x_min, 10**d)
+        draw.text((x - 15, bottom + 8), str(it), fill="black")
+    y_ticks = [m * 10.0**d for d in range(math.floor(y_min), math.ceil(y_max) + 1) for m in (1, 2, 5)
+               if y_min - 1e-9 <= math.log10(m * 10.0**d) <= y_max + 1e-9]
+    for value in y_ticks if len(y_ticks) >= 2 else [10**y_min, 10**y_max]:
+        _, y = to_px(x_min, value)
         draw.line([left - 5, y, right, y], fill=(220, 220, 220))
-        draw.text((5, y - 6), f"{10**d:.3g}", fill="black")
+        draw.text((5, y - 6), f"{value:.3g}", fill="black")
     draw.text(((left + right) // 2 - 20, height - 22), "iteration", fill="black")
+    draw.text((left + 5, top + 3), "loss (log scale)", fill="black")
 
     for i, name in enumerate(names):
         color = _COLORS[i % len(_COLORS)]
