@@ -254,6 +254,7 @@ class FCOS(nn.Module):
         pre_nms_topk: int = 1000,
         nms_thresh: float = 0.6,
         detections_per_image: int = 100,
+        thresh_with_ctr: bool = True,
     ):
         super().__init__()
         if len(size_ranges) != len(strides) + 1:
@@ -268,6 +269,7 @@ class FCOS(nn.Module):
         self.pre_nms_topk = pre_nms_topk
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        self.thresh_with_ctr = thresh_with_ctr
 
     def forward(self, features: list[Tensor]) -> FCOSOutputs:
         return self.head(features)
@@ -318,11 +320,12 @@ class FCOS(nn.Module):
     def inference(self, outputs: FCOSOutputs, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """Detections per image: dict of boxes (D, 4), scores (D,), classes (D,), location_idx (D,).
 
-        As in AdelaiDet: keep (location, class) pairs whose class probability exceeds
-        `score_thresh`, rank them by cls * centerness (centerness demotes off-centre
-        locations, whose boxes are worse), keep the top `pre_nms_topk` per level, then
-        class-wise NMS and the best `detections_per_image`. The reported score is
-        sqrt(cls * centerness), which keeps it on the scale of a probability.
+        As in AdelaiDet: rank (location, class) pairs by cls * centerness (centerness
+        demotes off-centre locations, whose boxes are worse) and keep those above
+        `score_thresh` (applied to cls * centerness when `thresh_with_ctr`, as in
+        AdelaiDet's CondInst configs, else to the class probability alone), at most
+        `pre_nms_topk` per level; then class-wise NMS and the best `detections_per_image`.
+        The reported score is sqrt(cls * centerness), back on the scale of a probability.
         `location_idx` indexes the image's Q locations (level-major, as `flatten_levels`).
         """
         locations, strides, _ = self.location_info(outputs)
@@ -337,8 +340,9 @@ class FCOS(nn.Module):
             loc_idx_all, cls_all, score_all = [], [], []
             for start, size in zip(level_starts, level_sizes):
                 probs = cls_probs[i, start : start + size]  # (HW_l, K)
-                candidates = probs > self.score_thresh
-                scores = (probs * ctr_probs[i, start : start + size])[candidates]
+                ranking = probs * ctr_probs[i, start : start + size]  # (HW_l, K)
+                candidates = (ranking if self.thresh_with_ctr else probs) > self.score_thresh
+                scores = ranking[candidates]
                 loc_idx, cls_idx = candidates.nonzero(as_tuple=True)
                 if scores.numel() > self.pre_nms_topk:
                     scores, keep = scores.topk(self.pre_nms_topk)

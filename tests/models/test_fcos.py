@@ -148,3 +148,20 @@ def test_inference_decodes_boxes_at_their_location():
     outputs.cls_logits = [torch.full_like(x, -10.0) for x in cls_logits]
     (det,) = fcos.inference(outputs, [(64, 64)])
     assert det["boxes"].shape == (0, 4) and det["scores"].shape == (0,) and det["classes"].shape == (0,)
+
+
+def test_threshold_on_cls_times_centerness():
+    K = 2
+    sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+    cls_logits = [torch.full((1, K, h, w), -10.0) for h, w in sizes]
+    cls_logits[0][0, 0, 1, 1] = 0.0  # class prob 0.5
+    box_reg = [torch.ones(1, 4, h, w) for h, w in sizes]
+    ctr_logits = [torch.full((1, 1, h, w), -3.0) for h, w in sizes]  # centerness ~0.047
+    outputs = FCOSOutputs(cls_logits, box_reg, ctr_logits, box_tower=[])
+    head = FCOSHead(8, K, 5, num_convs=1)
+    with_ctr = FCOS(head, STRIDES, SIZE_RANGES, score_thresh=0.05, thresh_with_ctr=True)
+    cls_only = FCOS(head, STRIDES, SIZE_RANGES, score_thresh=0.05, thresh_with_ctr=False)
+    assert len(with_ctr.inference(outputs, [(64, 64)])[0]["boxes"]) == 0  # 0.5 * 0.047 < 0.05
+    (det,) = cls_only.inference(outputs, [(64, 64)])
+    assert len(det["boxes"]) == 1
+    assert torch.allclose(det["scores"], torch.tensor([(0.5 * torch.sigmoid(torch.tensor(-3.0))) ** 0.5]))
