@@ -179,7 +179,7 @@ def _generate_split(out_dir: str, split: str, num_images: int, image_size: int, 
         image_id = i + 1
         image, masks, classes = render_image(rng, image_size)
         file_name = f"{split}_{image_id:06d}.png"
-        atomic_save_png(os.path.join(out_dir, "images", file_name), image)
+        atomic_save_png(os.path.join(out_dir, "images", file_name), image, compress_level=1)
         images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
         for mask, class_id in zip(masks, classes):
             annotations.append(mask_to_annotation(mask, class_id, len(annotations) + 1, image_id))

@@ -64,10 +64,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = No
     atomic_write_text(path, json.dumps(obj, indent=indent, separators=separators))
 
 
-def atomic_save_png(path: str | os.PathLike, image: Any) -> None:
-    """Atomically write a PNG from a PIL image or an (H, W, 3) / (H, W) uint8 numpy array."""
+def atomic_save_png(path: str | os.PathLike, image: Any, compress_level: int = 6) -> None:
+    """Atomically write a PNG from a PIL image or an (H, W, 3) / (H, W) uint8 numpy array.
+
+    compress_level: zlib level 0-9 (1 is much faster and only slightly larger).
+    """
     from PIL import Image
     import numpy as np
 
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    atomic_save(path, lambda tmp_path: pil.save(tmp_path, format="PNG"))
+    atomic_save(path, lambda tmp_path: pil.save(tmp_path, format="PNG", compress_level=compress_level))
