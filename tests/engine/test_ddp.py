@@ -8,9 +8,10 @@ import torch
 import torch.multiprocessing as mp
 
 from pointsup.data.coco import CocoInstanceDataset
+from pointsup.evaluation import evaluate_coco
 from pointsup.utils import distributed as dist_utils
 
-from .fakes import TinyDetector, make_tiny_coco, tiny_config
+from .fakes import OracleModel, TinyDetector, make_tiny_coco, tiny_config
 
 
 def free_port() -> int:
@@ -25,13 +26,19 @@ def run(out_dir: str, json_path: str, image_dir: str, accumulate_steps: int) -> 
 
     cfg = tiny_config(out_dir, max_iter=3, ims_per_batch=2, accumulate_steps=accumulate_steps)
     dataset = CocoInstanceDataset(json_path, image_dir, transforms=None, use_masks=False)
+    val_set = CocoInstanceDataset(json_path, image_dir, transforms=None, use_masks=False, use_points=False)
     torch.manual_seed(123)
     model = TinyDetector()
     if dist_utils.get_rank() == 1:
         with torch.no_grad():  # rank 1 starts elsewhere: DDP must broadcast rank 0's weights
             model.box.weight.add_(1.0)
-    main(cfg, model=model, train_set=dataset)
+    main(cfg, model=model, train_set=dataset, val_set=val_set)  # eval: sharded, gathered
     torch.save(model.state_dict(), os.path.join(out_dir, f"weights_rank{dist_utils.get_rank()}.pt"))
+    # The oracle scores AP 100 only if rank 0 gathered the predictions of both shards.
+    oracle = evaluate_coco(OracleModel(json_path, val_set.contiguous_to_category_id), val_set)
+    if dist_utils.get_rank() == 0:
+        with open(os.path.join(out_dir, "oracle.json"), "w") as f:
+            json.dump(oracle, f)
 
 
 def ddp_worker(rank: int, world_size: int, port: int, *args) -> None:
@@ -66,3 +73,10 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     ddp_losses, single_losses = first_losses(ddp), first_losses(single)
     assert len(ddp_losses) == 3
     torch.testing.assert_close(torch.tensor(ddp_losses[0]), torch.tensor(single_losses[0]), rtol=1e-6, atol=1e-7)
+    # evaluation: each rank ran half of the images, rank 0 gathered them -> the same AP
+    with open(os.path.join(ddp, "metrics.json")) as f, open(os.path.join(single, "metrics.json")) as g:
+        ddp_metrics, single_metrics = json.load(f), json.load(g)
+    for task in ("bbox", "segm"):
+        assert abs(ddp_metrics[task]["AP"] - single_metrics[task]["AP"]) < 1e-3
+        with open(os.path.join(ddp, "oracle.json")) as f:
+            assert json.load(f)[task]["AP"] == 100.0

@@ -119,3 +119,24 @@ def test_find_last_checkpoint_without_marker(tmp_path):
     assert ckpt.find_last_checkpoint(str(tmp_path)).endswith("model_0000010.pth")
     os.remove(tmp_path / "last_checkpoint")
     assert ckpt.find_last_checkpoint(str(tmp_path)).endswith("model_0000010.pth")
+
+
+def test_bf16_autocast_on_cpu_and_fp16_needs_cuda(tiny_coco, tmp_path):
+    cfg = tiny_config(str(tmp_path / "bf16"), max_iter=2, amp="bf16")
+    main(cfg, model=new_model(), train_set=train_set(tiny_coco, cfg))
+    assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in losses(cfg.output_dir).values())
+    cfg = tiny_config(str(tmp_path / "fp16"), amp="fp16")
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        main(cfg, model=new_model(), train_set=train_set(tiny_coco, cfg))
+
+
+def test_periodic_evaluation_is_logged(tiny_coco, tmp_path):
+    json_path, images = tiny_coco
+    cfg = tiny_config(str(tmp_path / "out"), max_iter=4)
+    cfg.eval_period = 2
+    val = CocoInstanceDataset(json_path, images, transforms=None, use_masks=False, use_points=False)
+    metrics = main(cfg, model=new_model(), train_set=train_set(tiny_coco, cfg), val_set=val)
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if "segm" in r]
+    assert [r["iter"] for r in evals] == [2, 4]  # every eval_period, and at the end
+    assert evals[-1]["segm"] == metrics["segm"] and "AP50" in metrics["bbox"]
