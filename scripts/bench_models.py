@@ -1,0 +1,201 @@
+"""Benchmark pointsup Mask R-CNN R50-FPN against torchvision's maskrcnn_resnet50_fpn.
+
+Both models see the same random batch (N x 3 x H x W, pixels 0..255 for pointsup and the
+same pixels / 255 for torchvision, whose transform normalises itself) and the same
+synthetic targets (M boxes with full masks, plus P labelled points for pointsup's point
+supervision). Timed: inference (eval, no_grad) and one training step (forward + backward).
+
+Matching setups:
+  - pointsup: detectron2 defaults (FrozenBN, freeze_at=2, FPN 256, 80 classes).
+  - torchvision: `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81)`
+    with min_size/max_size set to the input size so it does not resize. Without weights
+    torchvision builds trainable BatchNorm everywhere; by default we then convert it to what
+    the same builder does with ImageNet weights (FrozenBatchNorm2d, stem + layer1 frozen),
+    the same as pointsup. `--torchvision-as-built` keeps the raw builder output.
+
+Every (model, mode) runs in a fresh spawned process, so peak memory is not polluted by
+the other runs. Peak memory: on CUDA `torch.cuda.max_memory_allocated` during the timed
+runs; on CPU the growth of the process's peak RSS (`resource.getrusage().ru_maxrss`)
+during the timed runs over its high-water mark after building the model and inputs.
+
+    python scripts/bench_models.py                       # CPU, batch 2 of 3 x 800 x 1088
+    python scripts/bench_models.py --device cuda --iters 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def synthetic_batch(N: int, H: int, W: int, M: int, P: int, num_classes: int, seed: int = 0):
+    """images (N, 3, H, W) 0..255 and per image M boxes / classes / masks / P points."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(N, 3, H, W, generator=g) * 255
+    per_image = []
+    for _ in range(N):
+        x0y0 = torch.rand(M, 2, generator=g) * torch.tensor([W * 0.7, H * 0.7])
+        wh = 32 + torch.rand(M, 2, generator=g) * torch.tensor([W * 0.3, H * 0.3])
+        boxes = torch.cat([x0y0, x0y0 + wh], dim=1)
+        masks = torch.zeros(M, H, W, dtype=torch.bool)
+        for m, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+            masks[m, y0:y1, x0:x1] = True
+        coords = boxes[:, None, :2] + torch.rand(M, P, 2, generator=g) * wh[:, None]
+        labels = (torch.rand(M, P, generator=g) > 0.5).float()
+        classes = torch.randint(0, num_classes, (M,), generator=g)
+        per_image.append((boxes, classes, masks, coords, labels))
+    return images, per_image
+
+
+def build_pointsup(args):
+    from pointsup.config import Config
+    from pointsup.models.rcnn import build_rcnn
+
+    cfg = Config()
+    b = cfg.model.backbone
+    b.depth, b.norm, b.freeze_at, b.fpn_channels = 50, "FrozenBN", 2, 256
+    cfg.model.mask_head.supervision = args.supervision
+    model = build_rcnn(cfg, args.num_classes)
+    if args.sampling_ratio >= 0:  # detectron2's default is 0 (adaptive); torchvision uses 2
+        model.roi_heads.box_pooler.sampling_ratio = args.sampling_ratio
+        model.roi_heads.mask_head.pooler.sampling_ratio = args.sampling_ratio
+    return model
+
+
+def build_torchvision(args):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    model = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=args.num_classes + 1, min_size=args.height, max_size=args.width
+    )
+    if not args.torchvision_as_built:
+        body = model.backbone.body
+
+        def freeze_bn(module):
+            for name, child in module.named_children():
+                if isinstance(child, torch.nn.BatchNorm2d):
+                    setattr(module, name, FrozenBatchNorm2d(child.num_features))
+                else:
+                    freeze_bn(child)
+
+        freeze_bn(body)
+        for name, p in body.named_parameters():
+            if not name.startswith(("layer2", "layer3", "layer4")):
+                p.requires_grad_(False)
+    return model
+
+
+def run_one(which: str, mode: str, args) -> tuple[list[float], float]:
+    """In a fresh process: build, warm up, time `iters` runs. Returns (seconds per run, peak MiB)."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    from pointsup.structures import InstanceTargets
+
+    images, per_image = synthetic_batch(args.batch, args.height, args.width, args.num_objects, args.num_points, args.num_classes)
+    images = images.to(device)
+    if which == "pointsup":
+        model = build_pointsup(args).to(device)
+        targets = [InstanceTargets(b, c, (args.height, args.width), m, p, l).to(device) for b, c, m, p, l in per_image]
+        sizes = [(args.height, args.width)] * args.batch
+
+        def step():
+            return model(images, sizes, targets if mode == "train" else None)
+
+    else:
+        model = build_torchvision(args).to(device)
+        tv_images = list(images / 255.0)
+        targets = [
+            {"boxes": b.to(device), "labels": (c + 1).to(device), "masks": m.to(torch.uint8).to(device)}
+            for b, c, m, _, _ in per_image
+        ]
+
+        def step():
+            return model(tv_images, targets if mode == "train" else None)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def once():
+        if mode == "train":
+            model.train()
+            losses = step()
+            sum(losses.values()).backward()
+            for p in params:
+                p.grad = None
+        else:
+            model.eval()
+            with torch.no_grad():
+                step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        once()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        once()
+        sync()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:  # ru_maxrss is in KiB on Linux
+        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    return times, peak_mib
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1088)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--num-objects", type=int, default=5, help="GT instances per image")
+    parser.add_argument("--num-points", type=int, default=10, help="GT points per instance (pointsup)")
+    parser.add_argument("--supervision", choices=["masks", "points"], default="points")
+    parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    parser.add_argument("--sampling-ratio", type=int, default=-1, help="pointsup RoIAlign sampling ratio (-1: keep 0 = adaptive, detectron2's; 2 = torchvision's)")
+    parser.add_argument("--models", nargs="+", default=["pointsup", "torchvision"], choices=["pointsup", "torchvision"])
+    parser.add_argument("--torchvision-as-built", action="store_true", help="keep trainable BN and no frozen stages")
+    args = parser.parse_args(argv)
+
+    print(
+        f"device={args.device} batch={args.batch} size={args.height}x{args.width} iters={args.iters} "
+        f"warmup={args.warmup} threads={args.threads} supervision={args.supervision} sampling_ratio={args.sampling_ratio}"
+    )
+    ctx = multiprocessing.get_context("spawn")
+    for mode in args.modes:
+        results = {}
+        for which in args.models:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                results[which] = pool.submit(run_one, which, mode, args).result()
+        med = {k: statistics.median(t) for k, (t, _) in results.items()}
+        for which, (times, peak) in results.items():
+            print(f"{mode:5s} {which:11s} median {med[which]:.3f}s  (runs {', '.join(f'{t:.3f}' for t in times)})  peak mem {peak:.0f} MiB")
+        if len(med) == 2:
+            print(f"{mode:5s} ratio pointsup/torchvision = {med['pointsup'] / med['torchvision']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
