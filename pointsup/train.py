@@ -253,10 +253,13 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
         else:  # resumed with another number of processes: fresh but reproducible seeds
             seed_everything(_mix_seed(cfg.seed, rank, start_iter))
         if is_main:
-            truncate_jsonl(metrics_jsonl, start_iter)  # iterations after the checkpoint are redone
             print(f"[pointsup] resumed from {last} at iteration {start_iter}")
     elif cfg.model.weights:
         ckpt.load_model_weights(model, cfg.model.weights)
+    if resume and not last and is_main:
+        print(f"[pointsup] --resume: no checkpoint in {out}, starting from scratch")
+    if is_main:  # log lines after the checkpoint (or of an earlier run) are redone
+        truncate_jsonl(metrics_jsonl, start_iter)
     # find_unused_parameters=False: every model keeps all its parameters in the graph.
     ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else model
     loader = build_train_loader(cfg, train_set, batch_size, start=start_iter * solver.ims_per_batch, device=device)
