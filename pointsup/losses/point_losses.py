@@ -9,7 +9,6 @@ that all parameters still receive (zero) gradients, as DDP requires.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
