@@ -303,6 +303,8 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
                     loss_dict = ddp_model(batch.images, batch.image_sizes, batch.targets)
                 loss = sum(loss_dict.values())
                 scaler.scale(loss / solver.accumulate_steps).backward()
+            # One host sync per micro-step (cheap next to a detector step), so a NaN stops
+            # the run before it reaches the weights of the next checkpoint.
             if not torch.isfinite(loss.detach()):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
                 raise FloatingPointError(f"loss is not finite at iteration {it + 1}: {terms}")
@@ -319,7 +321,7 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
         iteration = it + 1  # optimizer steps done
 
         # Logging: the only place where losses are reduced across ranks (one all_reduce).
-        if iteration % cfg.log_period == 0 or iteration == solver.max_iter:
+        if (cfg.log_period > 0 and iteration % cfg.log_period == 0) or iteration == solver.max_iter:
             losses = dist_utils.reduce_loss_dict({k: v / log_count for k, v in log_sums.items()})
             total = sum(losses.values())
             seconds = (time.perf_counter() - log_start) / log_count
@@ -327,7 +329,7 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
                 append_jsonl(metrics_jsonl, {"iter": iteration, "lr": lr, **losses, "total_loss": total, "time": seconds})
                 progress.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}")
             log_sums, log_count, log_start = {}, 0, time.perf_counter()
-        if iteration % cfg.checkpoint_period == 0 and iteration < solver.max_iter:
+        if cfg.checkpoint_period > 0 and iteration % cfg.checkpoint_period == 0 and iteration < solver.max_iter:
             save(iteration)
         if cfg.eval_period > 0 and iteration % cfg.eval_period == 0 and iteration < solver.max_iter:
             evaluate(iteration)
