@@ -106,7 +106,7 @@ class DynamicMaskHead(nn.Module):
     masks for different instances.
     """
 
-    def __init__(self, in_channels: int = 8, channels: int = 8, num_layers: int = 3, sizes_of_interest: list[float] = (64, 128, 256, 512, 1024)):
+    def __init__(self, in_channels: int = 8, channels: int = 8, num_layers: int = 3, sizes_of_interest: tuple[float, ...] | list[float] = (64, 128, 256, 512, 1024)):
         super().__init__()
         self.in_channels = in_channels
         self.channels = channels
@@ -250,7 +250,8 @@ class CondInst(nn.Module):
         self.pairwise_warmup_iters = pairwise_warmup_iters
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        # Training iterations seen, for BoxInst's pairwise warm-up; saved with the weights.
+        # Training-mode forward passes seen (micro-batches when accumulating gradients), for
+        # BoxInst's pairwise warm-up; saved with the weights so a resume continues the ramp.
         self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))
 
     def forward(
@@ -280,8 +281,23 @@ class CondInst(nn.Module):
             for i, det in enumerate(detections)
         ]
 
-    def mask_losses(self, images, mask_feats, params, locations, levels, matched_idxs, targets) -> dict[str, Tensor]:
-        """Mask loss on (at most `max_proposals`) FCOS-positive locations, each vs its GT."""
+    def mask_losses(
+        self,
+        images: Tensor,
+        mask_feats: Tensor,
+        params: Tensor,
+        locations: Tensor,
+        levels: Tensor,
+        matched_idxs: Tensor,
+        targets: list[InstanceTargets],
+    ) -> dict[str, Tensor]:
+        """Mask loss on (at most `max_proposals`) FCOS-positive locations, each vs its GT.
+
+        images (N, 3, H, W) raw RGB (BoxInst colours); mask_feats (N, C, H8, W8);
+        params (N, Q, 169); locations (Q, 2); levels (Q,); matched_idxs (N, Q) from FCOS.
+        As in CondInst, the mask head is trained on the GT-assigned positive locations
+        (not on detections), so every sampled mask has a well-defined target instance.
+        """
         image_idx, loc_idx = (matched_idxs >= 0).nonzero(as_tuple=True)  # (S,), (S,)
         if len(image_idx) > self.max_proposals >= 0:
             keep = torch.randperm(len(image_idx), device=image_idx.device)[: self.max_proposals]

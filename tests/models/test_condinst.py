@@ -104,6 +104,7 @@ def toy_batch(num_points=10, with_masks=True, seed=0):
 def test_dynamic_head_has_169_params_and_equals_conv_stack():
     head = DynamicMaskHead(in_channels=8, channels=8, num_layers=3)
     assert head.num_params == (10 * 8 + 8 * 8 + 8 * 1) + (8 + 8 + 1) == 169
+    assert DynamicMaskHead(in_channels=16).num_params == (18 * 8 + 8 * 8 + 8) + 17  # BoxInst's 16 channels
     R, H, W = 3, 5, 7
     inputs = torch.randn(R, 10, H, W)
     params = torch.randn(R, 169)
@@ -349,3 +350,21 @@ def test_short_point_supervised_training_lowers_the_loss():
     last = {k: sum(row[k] for row in history[-3:]) / 3 for k in first}
     assert last["total"] < 0.5 * first["total"], (first, last)
     assert last["loss_mask"] < 0.5 * first["loss_mask"], (first, last)
+
+
+def test_short_boxinst_training_lowers_the_projection_loss():
+    """BoxInst learns from boxes alone (the pairwise term warms up over 50 iterations)."""
+    torch.manual_seed(0)
+    images, sizes, targets = toy_batch(with_masks=False)
+    model = tiny_condinst("points", boxinst=True).train()
+    model.pairwise_warmup_iters = 50
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(20):
+        losses = model(images[:2], sizes[:2], targets[:2])
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        history.append(losses["loss_prj"].item())
+    assert 0 < model.iteration.item() == 20
+    assert sum(history[-3:]) / 3 < 0.5 * history[0], history
