@@ -188,3 +188,24 @@ def test_tiny_model_overfits_point_supervision():
 
 
 ITERS = 150
+
+
+def test_build_rcnn_with_the_configured_backbone():
+    pytest.importorskip("pointsup.models.backbone")
+    cfg = tiny_config()
+    cfg.model.backbone.fpn_channels = 16
+    model = build_rcnn(cfg, num_classes=2).train()
+    images, targets = synthetic_images()
+    losses = model(images[:2], [(H, W)] * 2, targets[:2])
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images[:1], [(H, W)])
+    assert outputs[0]["pred_masks"].shape[1:] == (H, W)
+
+
+def test_unknown_mask_head_is_rejected():
+    cfg = tiny_config()
+    cfg.model.mask_head.name = "nope"
+    with pytest.raises(ValueError, match="mask_head.name"):
+        build_rcnn(cfg, 2, backbone=TinyBackbone())
