@@ -13,10 +13,13 @@ Matching setups:
     the same builder does with ImageNet weights (FrozenBatchNorm2d, stem + layer1 frozen),
     the same as pointsup. `--torchvision-as-built` keeps the raw builder output.
 
-Every (model, mode) runs in a fresh spawned process, so peak memory is not polluted by
-the other runs. Peak memory: on CUDA `torch.cuda.max_memory_allocated` during the timed
-runs; on CPU the growth of the process's peak RSS (`resource.getrusage().ru_maxrss`)
-during the timed runs over its high-water mark after building the model and inputs.
+Timing: both models are built in one process and their runs alternate (after warm-up),
+so load from other processes on a shared machine hits both alike; medians are reported.
+Peak memory: each (model, mode) in a fresh spawned process, one warm-up step then one
+measured step. On CUDA `torch.cuda.max_memory_allocated`; on CPU the growth of the
+process's peak RSS (`resource.getrusage().ru_maxrss`) during the measured step over its
+high-water mark after building and warming up (a lower bound on the step's own peak:
+memory the warm-up step already reached and freed is not counted again).
 
     python scripts/bench_models.py                       # CPU, batch 2 of 3 x 800 x 1088
     python scripts/bench_models.py --device cuda --iters 10
@@ -96,10 +99,8 @@ def build_torchvision(args):
     return model
 
 
-def run_one(which: str, mode: str, args) -> tuple[list[float], float]:
-    """In a fresh process: build, warm up, time `iters` runs. Returns (seconds per run, peak MiB)."""
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+def make_runner(which: str, mode: str, args):
+    """Build one model and its inputs; returns a function that runs one step (synchronised)."""
     device = torch.device(args.device)
     from pointsup.structures import InstanceTargets
 
@@ -137,28 +138,43 @@ def run_one(which: str, mode: str, args) -> tuple[list[float], float]:
             model.eval()
             with torch.no_grad():
                 step()
-
-    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    return once
+
+
+def time_interleaved(mode: str, args) -> dict[str, list[float]]:
+    """Both models in one process, runs alternating, so load from other processes on a
+    shared machine hits both alike. Returns seconds per run for each model."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    runners = {which: make_runner(which, mode, args) for which in args.models}
     for _ in range(args.warmup):
-        once()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
+        for once in runners.values():
+            once()
+    times = {which: [] for which in runners}
     for _ in range(args.iters):
-        start = time.perf_counter()
+        for which, once in runners.items():
+            start = time.perf_counter()
+            once()
+            times[which].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_mib(which: str, mode: str, args) -> float:
+    """In a fresh process: peak memory of one step after one warm-up step (see module doc)."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    once = make_runner(which, mode, args)
+    once()
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
         once()
-        sync()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:  # ru_maxrss is in KiB on Linux
-        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    return times, peak_mib
+        return torch.cuda.max_memory_allocated() / 2**20
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    once()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     parser.add_argument("--sampling-ratio", type=int, default=-1, help="pointsup RoIAlign sampling ratio (-1: keep 0 = adaptive, detectron2's; 2 = torchvision's)")
     parser.add_argument("--models", nargs="+", default=["pointsup", "torchvision"], choices=["pointsup", "torchvision"])
+    parser.add_argument("--skip-memory", action="store_true", help="only time (memory needs a fresh process per model)")
     parser.add_argument("--torchvision-as-built", action="store_true", help="keep trainable BN and no frozen stages")
     args = parser.parse_args(argv)
 
@@ -186,16 +203,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     ctx = multiprocessing.get_context("spawn")
     for mode in args.modes:
-        results = {}
-        for which in args.models:
-            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                results[which] = pool.submit(run_one, which, mode, args).result()
-        med = {k: statistics.median(t) for k, (t, _) in results.items()}
-        for which, (times, peak) in results.items():
-            print(f"{mode:5s} {which:11s} median {med[which]:.3f}s  (runs {', '.join(f'{t:.3f}' for t in times)})  peak mem {peak:.0f} MiB")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            times = pool.submit(time_interleaved, mode, args).result()
+        peaks = {}
+        if not args.skip_memory:
+            for which in args.models:
+                with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                    peaks[which] = pool.submit(peak_memory_mib, which, mode, args).result()
+        med = {k: statistics.median(t) for k, t in times.items()}
+        for which, runs in times.items():
+            mem = f"  peak mem {peaks[which]:.0f} MiB" if which in peaks else ""
+            print(f"{mode:5s} {which:11s} median {med[which]:.3f}s  (runs {', '.join(f'{t:.3f}' for t in runs)}){mem}")
         if len(med) == 2:
             print(f"{mode:5s} ratio pointsup/torchvision = {med['pointsup'] / med['torchvision']:.2f}")
-
 
 if __name__ == "__main__":
     main()
