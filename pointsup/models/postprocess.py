@@ -14,36 +14,59 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Upper bound on R * H * W float sampling-grid elements built at once by `paste_masks_in_image`
-# (2 floats each: ~128 MiB per chunk), so 100 detections on a 1333 x 800 image stay bounded.
+# Upper bound on the float sampling-grid elements (R x window pixels) built at once by
+# `paste_masks_in_image` (2 floats each: ~128 MiB per chunk).
 PASTE_CHUNK_ELEMENTS = 1 << 24
 
 
 def paste_masks_in_image(mask_probs: Tensor, boxes_xyxy: Tensor, image_size: tuple[int, int], threshold: float = 0.5) -> Tensor:
-    """Paste every (S, S) box-relative mask into the full image at once.
+    """Paste (S, S) box-relative masks into the full image, many masks per `grid_sample` call.
 
-    mask_probs (R, S, S) probabilities, boxes_xyxy (R, 4) img, image_size (H, W).
+    mask_probs (R, S, S) probabilities, boxes_xyxy (R, 4) img, image_size (H, W), threshold > 0.
     returns (R, H, W) bool: the interpolated probability at each pixel centre >= threshold.
-    All masks are sampled in one `grid_sample` call per chunk of R (chunked by memory).
+
+    With zero padding a mask is exactly 0 further than half a cell outside its box, so each
+    mask is sampled only on a window of pixels around its box. Masks are sorted by window
+    size and sampled in chunks (one `grid_sample` per chunk, windows padded to the chunk's
+    largest), which keeps the cost close to the boxes' total area, not R * H * W.
     """
-    R, H, W = mask_probs.shape[0], image_size[0], image_size[1]
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    R, S_h, S_w = mask_probs.shape
+    H, W = image_size
     out = torch.zeros(R, H, W, dtype=torch.bool, device=mask_probs.device)
     if R == 0 or H == 0 or W == 0:
         return out
     boxes_xyxy = boxes_xyxy.float()
-    xs = torch.arange(W, device=mask_probs.device, dtype=torch.float32) + 0.5  # pixel centres, img frame
-    ys = torch.arange(H, device=mask_probs.device, dtype=torch.float32) + 0.5
-    chunk = max(1, PASTE_CHUNK_ELEMENTS // (H * W))
-    for start in range(0, R, chunk):
-        box = boxes_xyxy[start : start + chunk]  # (r, 4)
-        wh = (box[:, 2:] - box[:, :2]).clamp(min=1e-6)
-        gx = (xs[None] - box[:, 0:1]) / wh[:, 0:1] * 2 - 1  # (r, W) in grid_sample's [-1, 1] box frame
-        gy = (ys[None] - box[:, 1:2]) / wh[:, 1:2] * 2 - 1  # (r, H)
-        grid = torch.stack([gx[:, None, :].expand(-1, H, -1), gy[:, :, None].expand(-1, -1, W)], dim=-1)  # (r, H, W, 2)
-        probs = mask_probs[start : start + chunk, None].float()  # (r, 1, S, S)
-        pasted = F.grid_sample(probs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out[start : start + chunk] = pasted[:, 0] >= threshold
+    wh = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).clamp(min=1e-6)  # (R, 2)
+    half_cell = wh / (2 * wh.new_tensor([S_w, S_h]))
+    lo = (boxes_xyxy[:, :2] - half_cell).floor().clamp(min=0)  # (R, 2) first pixel (x, y) of the window
+    hi = torch.minimum((boxes_xyxy[:, 2:] + half_cell).ceil(), wh.new_tensor([W, H]))
+    win = (hi - lo).clamp(min=1).long()  # (R, 2) window (width, height) in pixels
+    area = win.prod(dim=1)
+    order = torch.argsort(area)
+    for idx in _chunks_by_budget(order, area[order].tolist(), PASTE_CHUNK_ELEMENTS):
+        win_w, win_h = (int(v) for v in win[idx].max(dim=0).values)
+        xs = lo[idx, 0:1] + torch.arange(win_w, device=out.device) + 0.5  # (r, win_w) pixel centres, img
+        ys = lo[idx, 1:2] + torch.arange(win_h, device=out.device) + 0.5  # (r, win_h)
+        gx = (xs - boxes_xyxy[idx, 0:1]) / wh[idx, 0:1] * 2 - 1  # grid_sample's [-1, 1] box frame
+        gy = (ys - boxes_xyxy[idx, 1:2]) / wh[idx, 1:2] * 2 - 1
+        grid = torch.stack([gx[:, None, :].expand(-1, win_h, -1), gy[:, :, None].expand(-1, -1, win_w)], dim=-1)
+        probs = F.grid_sample(mask_probs[idx, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        inside_image = (ys < H)[:, :, None] & (xs < W)[:, None, :]  # (r, win_h, win_w)
+        r, i, j = torch.nonzero((probs[:, 0] >= threshold) & inside_image).unbind(1)
+        out[idx[r], lo[idx[r], 1].long() + i, lo[idx[r], 0].long() + j] = True
     return out
+
+
+def _chunks_by_budget(order: Tensor, sizes: list[int], budget: int) -> list[Tensor]:
+    """Split `order` (sorted by ascending size) into runs with len(run) * max size <= budget."""
+    chunks, start = [], 0
+    for end in range(1, len(sizes) + 1):
+        if end == len(sizes) or (end + 1 - start) * sizes[end] > budget:
+            chunks.append(order[start:end])
+            start = end
+    return chunks
 
 
 def rescale_boxes(boxes_xyxy: Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> Tensor:

@@ -1,5 +1,6 @@
 """Pasting box-relative mask grids into images, and rescaling detections."""
 
+import pytest
 import torch
 
 from pointsup.models.postprocess import paste_masks_in_image, rescale_detections
@@ -16,11 +17,12 @@ def test_full_box_mask_fills_exactly_the_box():
         assert torch.equal(mask, expected)
 
 
-def test_paste_matches_point_sampling_at_pixel_centres():
+@pytest.mark.parametrize("threshold", [0.5, 0.1])
+def test_paste_matches_point_sampling_at_pixel_centres(threshold):
     # Oracle: read each pixel centre with point_sample in the box frame, one mask at a time.
     torch.manual_seed(1)
     H, W, R = 24, 40, 5
-    probs = torch.rand(R, 7, 7)
+    probs = 0.5 + 0.5 * torch.rand(R, 7, 7)  # high everywhere: low thresholds reach beyond the box
     x0y0 = torch.rand(R, 2) * 20
     boxes_xyxy = torch.cat([x0y0, x0y0 + 3 + torch.rand(R, 2) * 20], dim=1)
     ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
@@ -28,16 +30,16 @@ def test_paste_matches_point_sampling_at_pixel_centres():
     for r in range(R):
         wh = boxes_xyxy[r, 2:] - boxes_xyxy[r, :2]
         coords_box = (centres_img - boxes_xyxy[r, :2]) / wh
-        expected = point_sample(probs[r][None, None], coords_box)[0, 0].view(H, W) >= 0.5
-        assert torch.equal(paste_masks_in_image(probs[r : r + 1], boxes_xyxy[r : r + 1], (H, W))[0], expected)
+        expected = point_sample(probs[r][None, None], coords_box)[0, 0].view(H, W) >= threshold
+        assert torch.equal(paste_masks_in_image(probs[r : r + 1], boxes_xyxy[r : r + 1], (H, W), threshold)[0], expected)
     # Chunked pasting gives the same as one mask at a time.
     import pointsup.models.postprocess as postprocess
 
-    all_at_once = paste_masks_in_image(probs, boxes_xyxy, (H, W))
+    all_at_once = paste_masks_in_image(probs, boxes_xyxy, (H, W), threshold)
     old = postprocess.PASTE_CHUNK_ELEMENTS
     postprocess.PASTE_CHUNK_ELEMENTS = 2 * H * W
     try:
-        assert torch.equal(paste_masks_in_image(probs, boxes_xyxy, (H, W)), all_at_once)
+        assert torch.equal(paste_masks_in_image(probs, boxes_xyxy, (H, W), threshold), all_at_once)
     finally:
         postprocess.PASTE_CHUNK_ELEMENTS = old
 
