@@ -60,7 +60,7 @@ class BackboneConfig:
     norm: str = "BN"  # "FrozenBN", "BN", "SyncBN", "GN"
     freeze_at: int = 0  # 0: train everything; 2: freeze stem + res2 (detectron2 default)
     stride_in_1x1: bool = False  # True for MSRA/detectron2 weights, False for torchvision's
-    fpn_channels: int = 128  # 256 in the paper
+    fpn_channels: int = 64  # 256 in the paper (configs/coco); 64 keeps the CPU default job fast
     fpn_norm: str = ""  # "" or "GN"
     weights: str = ""  # path to ImageNet weights (torchvision state dict); "" = random init
 
@@ -83,11 +83,11 @@ class RPNConfig:
 
 @dataclass
 class ROIHeadsConfig:
-    batch_size_per_image: int = 512
+    batch_size_per_image: int = 64  # 512 in detectron2 (configs/coco); small default for CPU
     positive_fraction: float = 0.25
     iou_threshold: float = 0.5
     pooler_resolution: int = 7
-    fc_dim: int = 1024
+    fc_dim: int = 256  # 1024 in detectron2 (configs/coco)
     num_fc: int = 2
     bbox_reg_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
     score_thresh_test: float = 0.05
@@ -103,7 +103,7 @@ class MaskHeadConfig:
     # Mask R-CNN head
     pooler_resolution: int = 14
     num_conv: int = 4
-    conv_dim: int = 256
+    conv_dim: int = 64  # 256 in detectron2 (configs/coco)
     # PointRend / Implicit PointRend
     in_feature: str = "p2"  # fine-grained features (paper sec. 4.3)
     coarse_fc_dim: int = 1024

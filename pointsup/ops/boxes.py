@@ -42,8 +42,8 @@ class Box2BoxTransform:
 
     def apply_deltas(self, deltas: Tensor, ref_boxes: Tensor) -> Tensor:
         """(R, 4k) deltas (k boxes per reference, e.g. one per class), (R, 4) boxes -> (R, 4k)."""
-        R = deltas.shape[0]
-        deltas = deltas.float().view(R, -1, 4)  # (R, k, 4)
+        R, k = deltas.shape[0], deltas.shape[1] // 4
+        deltas = deltas.float().view(R, k, 4)  # (R, k, 4); explicit k so that R = 0 works
         ref_boxes = ref_boxes.to(deltas.dtype)
         ref_wh = (ref_boxes[:, 2:] - ref_boxes[:, :2])[:, None]  # (R, 1, 2)
         ref_ctr = ref_boxes[:, None, :2] + 0.5 * ref_wh
@@ -53,7 +53,7 @@ class Box2BoxTransform:
         d_wh = (deltas[..., 2:] / wwh).clamp(max=self.scale_clamp)  # avoid exp overflow
         ctr = d_ctr * ref_wh + ref_ctr
         wh = torch.exp(d_wh) * ref_wh
-        return torch.cat([ctr - 0.5 * wh, ctr + 0.5 * wh], dim=-1).view(R, -1)
+        return torch.cat([ctr - 0.5 * wh, ctr + 0.5 * wh], dim=-1).view(R, 4 * k)
 
 
 class Matcher:

@@ -37,6 +37,14 @@ def test_box2box_clamps_huge_scales():
     torch.testing.assert_close(boxes[0, 2] - boxes[0, 0], torch.tensor(1000.0))
 
 
+def test_box2box_apply_deltas_with_no_boxes():
+    # An image whose RPN keeps no proposal reaches the box decoder with R = 0
+    # (seen in eval after a few SGD steps); it must return an empty (0, 4K) tensor.
+    coder = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
+    out = coder.apply_deltas(torch.zeros(0, 4 * 3), torch.zeros(0, 4))
+    assert out.shape == (0, 12)
+
+
 def test_matcher_thresholds_and_low_quality_matches():
     iou = torch.tensor([[0.9, 0.5, 0.1, 0.0], [0.0, 0.2, 0.25, 0.0]])  # (M=2, R=4)
     matcher = Matcher([0.3, 0.7], [0, -1, 1], allow_low_quality_matches=False)
