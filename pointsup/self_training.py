@@ -1,0 +1,113 @@
+"""Self-training with points (paper sec. 3.3.2): pseudo masks from GT boxes, then retrain.
+
+    # 1. a model trained with point supervision (e.g. the default job) predicts a mask for
+    #    every GT box of the training set (no RPN: the boxes and classes are the GT ones)
+    python -m pointsup.self_training --config C --weights output/model_final.pth \
+        --output output/pseudo_masks.json
+    # 2. retrain on the pseudo masks with the ordinary full-mask recipe
+    python -m pointsup.train --config C --set data.train_json=output/pseudo_masks.json \
+        model.mask_head.supervision=masks
+
+The pseudo-label JSON is the input JSON with a `segmentation` (RLE, original image size)
+added to every non-crowd annotation with a valid box; everything else (boxes, categories,
+points) is kept, so the file can also be used for point supervision again. Crowd and
+zero-area annotations are copied unchanged (they are never trained on).
+
+Only the R-CNN family (Mask R-CNN, PointRend, Implicit PointRend) is supported: its mask
+head predicts a mask for any given box. Shape letters: M GT boxes of one image, S mask side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pointsup.config import Config, load_config
+from pointsup.data.coco import load_coco_json, load_image_rgb
+from pointsup.data.transforms import build_test_transforms
+from pointsup.models.postprocess import paste_masks_in_image
+from pointsup.structures import InstanceTargets
+from pointsup.utils.io import atomic_write_json
+
+
+@torch.no_grad()
+def predict_masks_for_boxes(model: nn.Module, image: Tensor, boxes_xyxy: Tensor, classes: Tensor) -> Tensor:
+    """Mask probabilities of given boxes: image (3, H, W) RGB 0..255, boxes (M, 4) in that
+    image's frame, classes (M,) contiguous -> (M, S, S) on each box's grid."""
+    if not (hasattr(model, "backbone") and hasattr(model, "roi_heads")):
+        raise TypeError("self-training needs an R-CNN model (Mask R-CNN, PointRend or Implicit PointRend)")
+    H, W = image.shape[-2:]
+    H_pad, W_pad = -(-H // 32) * 32, -(-W // 32) * 32
+    padded = torch.nn.functional.pad(image, (0, W_pad - W, 0, H_pad - H))[None]  # (1, 3, H_pad, W_pad)
+    features = model.backbone((padded - model.pixel_mean) / model.pixel_std)
+    return model.roi_heads.mask_head(features, [boxes_xyxy], [classes])[0]
+
+
+def pseudo_label_coco(model: nn.Module, coco: dict, image_dir: str, cfg: Config, device: torch.device | str = "cpu",
+                      threshold: float = 0.5, progress: bool = True) -> dict:
+    """Return a copy of `coco` whose valid non-crowd annotations carry predicted RLE masks."""
+    model.eval().to(device)
+    category_ids = sorted(c["id"] for c in coco["categories"])
+    contiguous = {cat_id: k for k, cat_id in enumerate(category_ids)}  # as CocoInstanceDataset
+    resize = build_test_transforms(cfg.data)
+    out = copy.deepcopy(coco)
+    anns_per_image: dict[int, list[dict]] = {}
+    for ann in out["annotations"]:
+        anns_per_image.setdefault(ann["image_id"], []).append(ann)
+
+    for info in tqdm(out["images"], desc="pseudo masks", disable=not progress):
+        anns = [a for a in anns_per_image.get(info["id"], []) if not a.get("iscrowd", 0)
+                and len(a.get("bbox", [])) == 4 and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        if not anns:
+            continue
+        rgb = load_image_rgb(os.path.join(image_dir, info["file_name"]), info["id"])  # (H, W, 3)
+        H, W = rgb.shape[:2]
+        boxes_orig = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], dtype=torch.float32)
+        classes = torch.tensor([contiguous[a["category_id"]] for a in anns])
+        image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()  # (3, H, W)
+        # The model sees the image at its test resolution; GT boxes move with it.
+        image, targets = resize(image, InstanceTargets(boxes=boxes_orig.clone(), classes=classes, image_size=(H, W)))
+        probs = predict_masks_for_boxes(model, image.to(device), targets.boxes.to(device), classes.to(device))
+        # Paste at the original resolution, in the original boxes.
+        masks = paste_masks_in_image(probs.float(), boxes_orig.to(device), (H, W), threshold).cpu().numpy()  # (M, H, W)
+        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+        for ann, rle in zip(anns, rles):
+            ann["segmentation"] = {"size": [H, W], "counts": rle["counts"].decode("ascii")}
+            ann["area"] = float(mask_util.area(rle))
+    return out
+
+
+def cli(argv: list[str] | None = None) -> str:
+    from pointsup.predict import load_model_for_inference
+    from pointsup.train import prepare_synthetic_data, resolve_device
+
+    parser = argparse.ArgumentParser(description="Pseudo masks for the training set from GT boxes (self-training).")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--weights", required=True, help="a pointsup checkpoint of an R-CNN model")
+    parser.add_argument("--output", required=True, help="the pseudo-mask COCO JSON to write")
+    parser.add_argument("--input", default=None, help="COCO JSON with the GT boxes (default: data.train_json)")
+    parser.add_argument("--images", default=None, help="image folder (default: data.train_images)")
+    parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config, args.set)
+    json_path, image_dir = args.input or cfg.data.train_json, args.images or cfg.data.train_images
+    if not json_path:  # the built-in synthetic data set
+        json_path, image_dir, _, _ = prepare_synthetic_data(cfg)
+    device = resolve_device(cfg.device)
+    model, _ = load_model_for_inference(cfg, args.weights, device)
+    coco = pseudo_label_coco(model, load_coco_json(json_path), image_dir, cfg, device)
+    atomic_write_json(args.output, coco)
+    print(f"[pointsup] wrote pseudo masks for {json_path} to {args.output}")
+    return args.output
+
+
+if __name__ == "__main__":
+    cli()
