@@ -67,7 +67,9 @@ class BackboneConfig:
 
 @dataclass
 class RPNConfig:
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one per level P2..P6
+    # One size per level P2..P6. detectron2 (configs/coco) uses 32..512; the built-in synthetic
+    # objects are 20-60 px on 128 px images, so the default starts at 16.
+    anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.7])
     batch_size_per_image: int = 256
@@ -79,6 +81,11 @@ class RPNConfig:
     nms_thresh: float = 0.7
     min_box_size: float = 0.0
     smooth_l1_beta: float = 0.0  # 0 = L1 (detectron2 default)
+    # torchvision's anchor conventions (configs/torchvision): cell anchors rounded to whole
+    # pixels, and each level's stride taken as padded_size // grid_size (P6 of an 800-pixel
+    # image then has stride 61, not 64). False = detectron2's exact anchors.
+    round_anchors: bool = False
+    anchor_stride_from_grid: bool = False
 
 
 @dataclass
@@ -94,6 +101,13 @@ class ROIHeadsConfig:
     nms_thresh_test: float = 0.5
     detections_per_image: int = 100
     smooth_l1_beta: float = 0.0
+    # RoIAlign of the box head. detectron2 ("ROIAlignV2"): aligned=True, sampling_ratio 0,
+    # level = floor(4 + log2(sqrt(area) / 224 + 1e-8)). torchvision's MultiScaleRoIAlign:
+    # aligned=False, sampling_ratio 2, level_mapper "torchvision" (eps 1e-6 outside the log).
+    pooler_aligned: bool = True
+    pooler_sampling_ratio: int = 0
+    pooler_level_mapper: str = "detectron2"  # "detectron2" or "torchvision"
+    min_box_size_test: float = 0.0  # torchvision drops detections narrower than 1e-2 px
 
 
 @dataclass
@@ -102,6 +116,9 @@ class MaskHeadConfig:
     supervision: str = "points"  # "masks" (full masks) or "points" (P_N point labels)
     # Mask R-CNN head
     pooler_resolution: int = 14
+    pooler_aligned: bool = True  # as roi_heads.pooler_* (Mask R-CNN head only)
+    pooler_sampling_ratio: int = 0
+    pooler_level_mapper: str = "detectron2"
     num_conv: int = 4
     conv_dim: int = 64  # 256 in detectron2 (configs/coco)
     # PointRend / Implicit PointRend
@@ -153,6 +170,16 @@ class ModelConfig:
     num_classes: int = 0  # 0 = take it from the training JSON
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB
     pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    # Channel order the weights expect. Images always arrive RGB 0..255; a "BGR" model flips
+    # them before normalising, and pixel_mean / pixel_std are then given in BGR order
+    # (detectron2's MSRA weights: BGR, mean [103.53, 116.28, 123.675], std [1, 1, 1]).
+    input_format: str = "RGB"
+    # Padding below/right of each image is 0 *after* normalisation (torchvision, detectron2)
+    # instead of 0 before it (pointsup's original behaviour, i.e. -mean/std after).
+    pad_after_normalize: bool = False
+    # How box-relative mask grids become image masks: "pointsup" (bilinear at pixel centres,
+    # `postprocess.paste_masks_in_image`) or "torchvision" (its integer-box convention).
+    mask_paste: str = "pointsup"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
