@@ -65,9 +65,11 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
 
 
 def load_model_weights(model: torch.nn.Module, path: str) -> None:
-    """Load model weights from a pointsup checkpoint (or a bare state_dict)."""
-    state = load_checkpoint(path)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    """Load model weights from a pointsup checkpoint, or any format of `pointsup.weights.load_weights`
+    (torchvision, detectron2, MSRA pickles; a path or URL). Missing / unexpected keys raise."""
+    from pointsup.weights import load_weights
+
+    load_weights(model, path)
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -36,13 +36,19 @@ class MaskRCNNHead(nn.Module):
         pooler_resolution: int = 14,
         supervision: str = "points",
         in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5"),
+        pooler_aligned: bool = True,
+        pooler_sampling_ratio: int = 0,
+        pooler_level_mapper: str = "detectron2",
     ):
         super().__init__()
         if supervision not in SUPERVISIONS:
             raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
         self.in_features = [f for f in in_features if f in strides]
         self.supervision = supervision
-        self.pooler = ROIPooler(pooler_resolution, [1.0 / strides[f] for f in self.in_features])
+        self.pooler = ROIPooler(
+            pooler_resolution, [1.0 / strides[f] for f in self.in_features], sampling_ratio=pooler_sampling_ratio,
+            aligned=pooler_aligned, level_mapper=pooler_level_mapper,
+        )
         convs = []
         for i in range(num_conv):
             convs += [nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1), nn.ReLU(inplace=True)]
@@ -122,4 +128,7 @@ def build_mask_rcnn_head(cfg: MaskHeadConfig, num_classes: int, in_channels: int
         num_conv=cfg.num_conv,
         pooler_resolution=cfg.pooler_resolution,
         supervision=cfg.supervision,
+        pooler_aligned=cfg.pooler_aligned,
+        pooler_sampling_ratio=cfg.pooler_sampling_ratio,
+        pooler_level_mapper=cfg.pooler_level_mapper,
     )

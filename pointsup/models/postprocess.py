@@ -59,6 +59,31 @@ def paste_masks_in_image(mask_probs: Tensor, boxes_xyxy: Tensor, image_size: tup
     return out
 
 
+def paste_masks_torchvision(mask_probs: Tensor, boxes_xyxy: Tensor, image_size: tuple[int, int], threshold: float = 0.5) -> Tensor:
+    """torchvision's pasting convention, to reproduce its outputs with its weights.
+
+    Each (S, S) grid is padded by one zero cell, its box grown by (S + 2) / S, the corners
+    truncated to integers and the grid resized bilinearly to (y1 - y0 + 1, x1 - x0 + 1)
+    pixels (the old "+1" pixel convention). Returns (R, H, W) bool: probability > threshold
+    (torchvision returns the probabilities; its references threshold them with > 0.5).
+    """
+    R, S, _ = mask_probs.shape
+    H, W = image_size
+    out = torch.zeros(R, H, W, dtype=torch.bool, device=mask_probs.device)
+    scale = (S + 2) / S
+    padded = F.pad(mask_probs.float(), (1, 1, 1, 1))  # (R, S + 2, S + 2)
+    centre = (boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]).float() * 0.5
+    half = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).float() * 0.5 * scale
+    boxes_int = torch.cat([centre - half, centre + half], dim=1).to(torch.int64)  # truncation, as torchvision
+    for r, (x0, y0, x1, y1) in enumerate(boxes_int.tolist()):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        probs = F.interpolate(padded[r][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        xa, xb, ya, yb = max(x0, 0), min(x1 + 1, W), max(y0, 0), min(y1 + 1, H)
+        if xb > xa and yb > ya:
+            out[r, ya:yb, xa:xb] = probs[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
+    return out
+
+
 def _chunks_by_budget(order: Tensor, sizes: list[int], budget: int) -> list[Tensor]:
     """Split `order` (sorted by ascending size) into runs with len(run) * max size <= budget."""
     chunks, start = [], 0
@@ -79,13 +104,18 @@ def rescale_boxes(boxes_xyxy: Tensor, input_size: tuple[int, int], output_size: 
 
 
 def rescale_detections(
-    detections: dict[str, Tensor], input_size: tuple[int, int], output_size: tuple[int, int] | None = None, mask_threshold: float = 0.5
+    detections: dict[str, Tensor],
+    input_size: tuple[int, int],
+    output_size: tuple[int, int] | None = None,
+    mask_threshold: float = 0.5,
+    paste: str = "pointsup",
 ) -> dict[str, Tensor]:
     """One image's detections with `pred_mask_probs` (D, S, S) -> the model's output dict.
 
     Boxes are scaled from the `input_size` (H, W) frame into `output_size` (default: the
     same) and the masks are pasted at the output size, giving `pred_masks` (D, H_out, W_out)
     bool. The box grid is resolution-free, so no mask is ever resized twice.
+    paste: "pointsup" (`paste_masks_in_image`) or "torchvision" (`paste_masks_torchvision`).
     """
     output_size = tuple(input_size if output_size is None else output_size)
     boxes_xyxy = rescale_boxes(detections["pred_boxes"], input_size, output_size)
@@ -95,5 +125,6 @@ def rescale_detections(
         "pred_classes": detections["pred_classes"],
     }
     if "pred_mask_probs" in detections:
-        out["pred_masks"] = paste_masks_in_image(detections["pred_mask_probs"], boxes_xyxy, output_size, mask_threshold)
+        paste_fn = paste_masks_torchvision if paste == "torchvision" else paste_masks_in_image
+        out["pred_masks"] = paste_fn(detections["pred_mask_probs"], boxes_xyxy, output_size, mask_threshold)
     return out

@@ -28,12 +28,22 @@ class GeneralizedRCNN(nn.Module):
         pixel_mean: list[float],
         pixel_std: list[float],
         mask_threshold: float = 0.5,
+        input_format: str = "RGB",
+        pad_after_normalize: bool = False,
+        mask_paste: str = "pointsup",
     ):
         super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.mask_threshold = mask_threshold
+        self.input_format = input_format  # BGR: MSRA / detectron2 weights; pixel_mean/std in that order
+        self.pad_after_normalize = pad_after_normalize
+        if mask_paste not in ("pointsup", "torchvision"):
+            raise ValueError(f"mask_paste must be 'pointsup' or 'torchvision', got {mask_paste!r}")
+        self.mask_paste = mask_paste
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
@@ -50,16 +60,29 @@ class GeneralizedRCNN(nn.Module):
         pred_scores (D,), pred_classes (D,), pred_masks (D, H_i, W_i) bool, in the
         image_sizes frame or in output_sizes when given.
         """
-        features = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        features = self.backbone(self.normalize(images, image_sizes))
         proposals, rpn_losses = self.rpn(features, image_sizes, targets)
         detections, roi_losses = self.roi_heads(features, proposals, image_sizes, targets)
         if self.training:
             return {**rpn_losses, **roi_losses}
         output_sizes = output_sizes or image_sizes
         return [
-            rescale_detections(d, in_size, out_size, self.mask_threshold)
+            rescale_detections(d, in_size, out_size, self.mask_threshold, self.mask_paste)
             for d, in_size, out_size in zip(detections, image_sizes, output_sizes)
         ]
+
+
+    def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
+        """RGB 0..255 (N, 3, H, W) -> the normalised input the weights were trained on."""
+        if self.input_format == "BGR":
+            images = images.flip(1)  # channel order of the weights (pixel_mean/std are BGR too)
+        x = (images - self.pixel_mean) / self.pixel_std
+        if self.pad_after_normalize:  # torchvision / detectron2 pad the normalised image with 0
+            x = x.clone()
+            for i, (h, w) in enumerate(image_sizes):
+                x[i, :, h:, :] = 0
+                x[i, :, :, w:] = 0
+        return x
 
 
 def build_mask_head(cfg: Config, num_classes: int, in_channels: int, strides: dict[str, int]) -> nn.Module:
@@ -97,4 +120,7 @@ def build_rcnn(cfg: Config, num_classes: int, backbone: nn.Module | None = None)
         roi_heads=build_roi_heads(cfg.model.roi_heads, num_classes, C, strides, mask_head),
         pixel_mean=cfg.model.pixel_mean,
         pixel_std=cfg.model.pixel_std,
+        input_format=cfg.model.input_format,
+        pad_after_normalize=cfg.model.pad_after_normalize,
+        mask_paste=cfg.model.mask_paste,
     )

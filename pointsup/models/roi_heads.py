@@ -104,8 +104,10 @@ class ROIHeads(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
         smooth_l1_beta: float = 0.0,
+        min_box_size: float = 0.0,
     ):
         super().__init__()
+        self.min_box_size = min_box_size  # detections narrower/shorter than this are dropped
         self.in_features = list(in_features)
         self.box_pooler = box_pooler
         self.box_head = box_head
@@ -191,6 +193,8 @@ class ROIHeads(nn.Module):
             boxes_i = clip_boxes_to_image(boxes_i.view(-1, K, 4), image_size)  # (R_i, K, 4)
             scores_i = probs_i[:, :K]  # (R_i, K), background dropped
             keep = (scores_i > self.score_thresh) & torch.isfinite(boxes_i).all(dim=-1)
+            if self.min_box_size > 0:  # torchvision's remove_small_boxes (min_size 1e-2)
+                keep &= ((boxes_i[..., 2:] - boxes_i[..., :2]) >= self.min_box_size).all(dim=-1)
             roi_idx, class_idx = torch.nonzero(keep).unbind(1)
             boxes_i, scores_i = boxes_i[roi_idx, class_idx], scores_i[roi_idx, class_idx]
             keep = batched_nms(boxes_i, scores_i, class_idx, self.nms_thresh)[: self.detections_per_image]
@@ -206,7 +210,10 @@ def build_roi_heads(
     box_head = BoxHead(in_channels, cfg.pooler_resolution, cfg.fc_dim, cfg.num_fc)
     return ROIHeads(
         in_features=in_features,
-        box_pooler=ROIPooler(cfg.pooler_resolution, [1.0 / strides[f] for f in in_features]),
+        box_pooler=ROIPooler(
+            cfg.pooler_resolution, [1.0 / strides[f] for f in in_features], sampling_ratio=cfg.pooler_sampling_ratio,
+            aligned=cfg.pooler_aligned, level_mapper=cfg.pooler_level_mapper,
+        ),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(box_head.out_dim, num_classes),
         mask_head=mask_head,
@@ -219,4 +226,5 @@ def build_roi_heads(
         nms_thresh=cfg.nms_thresh_test,
         detections_per_image=cfg.detections_per_image,
         smooth_l1_beta=cfg.smooth_l1_beta,
+        min_box_size=cfg.min_box_size_test,
     )

@@ -176,7 +176,10 @@ def build_rpn(cfg: RPNConfig, in_channels: int, strides: dict[str, int]) -> RPN:
     missing = [f for f in in_features if f not in strides]
     if missing:
         raise ValueError(f"backbone has no {missing} for {len(cfg.anchor_sizes)} anchor sizes")
-    anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.aspect_ratios, [strides[f] for f in in_features])
+    anchor_generator = AnchorGenerator(
+        cfg.anchor_sizes, cfg.aspect_ratios, [strides[f] for f in in_features],
+        round_cell_anchors=cfg.round_anchors, stride_from_grid=cfg.anchor_stride_from_grid,
+    )
     iou_low, iou_high = cfg.iou_thresholds
     return RPN(
         in_features=in_features,

@@ -12,15 +12,28 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 
+LEVEL_MAPPERS = ("detectron2", "torchvision")
+
+
 def assign_boxes_to_levels(
-    boxes_xyxy: Tensor, min_level: int, max_level: int, canonical_box_size: float, canonical_level: int
+    boxes_xyxy: Tensor,
+    min_level: int,
+    max_level: int,
+    canonical_box_size: float,
+    canonical_level: int,
+    level_mapper: str = "detectron2",
 ) -> Tensor:
     """FPN paper eq. (1): a 224 x 224 box goes to P4, each halving of its side one level down.
 
     boxes_xyxy: (R, 4) -> (R,) int64 level index relative to min_level (0 = finest).
+    level_mapper: where the rounding guard goes, which decides boxes exactly at a level
+    boundary: detectron2 log2(side / 224 + 1e-8), torchvision log2(side / 224) + 1e-6.
     """
     side = torch.sqrt((boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).prod(dim=1).clamp(min=0))
-    level = torch.floor(canonical_level + torch.log2(side / canonical_box_size + 1e-8))
+    if level_mapper == "torchvision":
+        level = torch.floor(canonical_level + torch.log2(side / canonical_box_size) + 1e-6)
+    else:
+        level = torch.floor(canonical_level + torch.log2(side / canonical_box_size + 1e-8))
     return level.clamp(min_level, max_level).to(torch.int64) - min_level
 
 
@@ -28,7 +41,9 @@ class ROIPooler(nn.Module):
     """RoIAlign (aligned=True, i.e. pixel centres at +0.5) over a list of FPN levels.
 
     torchvision's MultiScaleRoIAlign uses aligned=False (a half-pixel shift), so it is not
-    used here: our masks and boxes live in the continuous `*_img` frame.
+    used here: our masks and boxes live in the continuous `*_img` frame. `aligned=False`,
+    `sampling_ratio=2` and `level_mapper="torchvision"` reproduce it, for torchvision's
+    weights (configs/torchvision).
     """
 
     def __init__(
@@ -38,8 +53,14 @@ class ROIPooler(nn.Module):
         sampling_ratio: int = 0,
         canonical_box_size: int = 224,
         canonical_level: int = 4,
+        aligned: bool = True,
+        level_mapper: str = "detectron2",
     ):
         super().__init__()
+        if level_mapper not in LEVEL_MAPPERS:
+            raise ValueError(f"level_mapper must be one of {LEVEL_MAPPERS}, got {level_mapper!r}")
+        self.aligned = aligned
+        self.level_mapper = level_mapper
         levels = [-math.log2(s) for s in scales]
         if any(abs(lv - round(lv)) > 1e-6 for lv in levels) or [round(lv) for lv in levels] != list(
             range(round(levels[0]), round(levels[0]) + len(levels))
@@ -63,15 +84,15 @@ class ROIPooler(nn.Module):
         rois = torch.cat([batch_idx[:, None], boxes_xyxy], dim=1)  # (R, 5) torchvision's format
         R, C, S = rois.shape[0], features[0].shape[1], self.output_size
         if len(features) == 1:
-            return roi_align(features[0], rois, S, self.scales[0], self.sampling_ratio, aligned=True)
+            return roi_align(features[0], rois, S, self.scales[0], self.sampling_ratio, aligned=self.aligned)
 
         level_idx = assign_boxes_to_levels(
-            boxes_xyxy, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+            boxes_xyxy, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level, self.level_mapper
         )
         out = features[0].new_zeros(R, C, S, S)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.nonzero(level_idx == level).squeeze(1)
             if idx.numel() == 0:
                 continue
-            out[idx] = roi_align(feature, rois[idx], S, scale, self.sampling_ratio, aligned=True).to(out.dtype)
+            out[idx] = roi_align(feature, rois[idx], S, scale, self.sampling_ratio, aligned=self.aligned).to(out.dtype)
         return out
