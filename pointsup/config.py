@@ -67,9 +67,7 @@ class BackboneConfig:
 
 @dataclass
 class RPNConfig:
-    # One size per level P2..P6. detectron2 (configs/coco) uses 32..512; the built-in synthetic
-    # objects are 20-60 px on 128 px images, so the default starts at 16.
-    anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one per level P2..P6
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.7])
     batch_size_per_image: int = 256
