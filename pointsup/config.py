@@ -193,8 +193,8 @@ class SolverConfig:
     base_lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    max_iter: int = 1500
-    steps: list[int] = field(default_factory=lambda: [1100, 1400])
+    max_iter: int = 1000
+    steps: list[int] = field(default_factory=lambda: [750, 900])
     gamma: float = 0.1
     warmup_iters: int = 100
     warmup_factor: float = 0.001
