@@ -1,11 +1,26 @@
-"""Benchmark pointsup Mask R-CNN R50-FPN against torchvision's maskrcnn_resnet50_fpn.
+"""Benchmark pointsup's detectors (R50-FPN, COCO-sized) against each other and torchvision.
 
-Both models see the same random batch (N x 3 x H x W, pixels 0..255 for pointsup and the
+Models (`--models`, any subset; `all` = every one):
+  - mask_rcnn (alias: pointsup): configs/coco/mask_rcnn_R_50_FPN_3x.yaml
+  - pointrend:                   configs/coco/pointrend_R_50_FPN_3x.yaml
+  - implicit_pointrend:          configs/coco/implicit_pointrend_R_50_FPN_3x.yaml
+  - condinst:                    configs/coco/condinst_R_50_FPN_3x.yaml
+  - torchvision:                 torchvision's maskrcnn_resnet50_fpn (see below)
+Every pointsup model is built from its COCO config (detectron2's sizes: FrozenBN,
+freeze_at=2, FPN 256, 512 RoIs/img, fc 1024, 80 classes) with random weights
+(`model.backbone.weights=""`) and `model.mask_head.supervision` set by `--supervision`.
+
+All models see the same random batch (N x 3 x H x W, pixels 0..255 for pointsup and the
 same pixels / 255 for torchvision, whose transform normalises itself) and the same
 synthetic targets (M boxes with full masks, plus P labelled points for pointsup's point
 supervision). Timed: inference (eval, no_grad) and one training step (forward + backward).
 
-Matching setups:
+Inference cost grows with the number of detections (every detection gets a mask, pasted
+into the image), and random weights give arbitrary scores. So every model's score
+threshold is set to 0 (`--score-thresh`): each keeps its `detections_per_image` = 100 best
+after NMS, and the number of detections per image is printed next to the times.
+
+Matching setups with torchvision:
   - pointsup: detectron2 defaults (FrozenBN, freeze_at=2, FPN 256, 80 classes).
   - torchvision: `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81)`
     with min_size/max_size set to the input size so it does not resize. Without weights
@@ -23,6 +38,8 @@ memory the warm-up step already reached and freed is not counted again).
 
     python scripts/bench_models.py                       # CPU, batch 2 of 3 x 800 x 1088
     python scripts/bench_models.py --device cuda --iters 10
+    python scripts/bench_models.py --models mask_rcnn pointrend implicit_pointrend condinst \
+        --size 512 --batch 1 --threads 1                 # the issue 5/6 comparison on a small CPU
 """
 
 from __future__ import annotations
@@ -60,19 +77,33 @@ def synthetic_batch(N: int, H: int, W: int, M: int, P: int, num_classes: int, se
     return images, per_image
 
 
-def build_pointsup(args):
-    from pointsup.config import Config
-    from pointsup.models.rcnn import build_rcnn
+ROOT = Path(__file__).resolve().parents[1]
+POINTSUP_CONFIGS = {
+    "mask_rcnn": "mask_rcnn_R_50_FPN_3x.yaml",
+    "pointrend": "pointrend_R_50_FPN_3x.yaml",
+    "implicit_pointrend": "implicit_pointrend_R_50_FPN_3x.yaml",
+    "condinst": "condinst_R_50_FPN_3x.yaml",
+}
+ALL_MODELS = [*POINTSUP_CONFIGS, "torchvision"]
 
-    cfg = Config()
-    b = cfg.model.backbone
-    b.depth, b.norm, b.freeze_at, b.fpn_channels = 50, "FrozenBN", 2, 256
-    cfg.model.mask_head.supervision = args.supervision
-    model = build_rcnn(cfg, args.num_classes)
+
+def build_pointsup(which: str, args):
+    """One of POINTSUP_CONFIGS from its COCO config, random weights, forced detections."""
+    from pointsup.config import load_config
+    from pointsup.models import build_model
+
+    overrides = [
+        "model.backbone.weights=",  # random init: no ImageNet file needed
+        f"model.mask_head.supervision={args.supervision}",
+        # a fixed number of detections (100 per image) for comparable inference times
+        f"model.roi_heads.score_thresh_test={args.score_thresh}",
+        f"model.condinst.score_thresh_test={args.score_thresh}",
+    ]
     if args.sampling_ratio >= 0:  # detectron2's default is 0 (adaptive); torchvision uses 2
-        model.roi_heads.box_pooler.sampling_ratio = args.sampling_ratio
-        model.roi_heads.mask_head.pooler.sampling_ratio = args.sampling_ratio
-    return model
+        overrides += [f"model.roi_heads.pooler_sampling_ratio={args.sampling_ratio}",
+                      f"model.mask_head.pooler_sampling_ratio={args.sampling_ratio}"]
+    cfg = load_config(str(ROOT / "configs" / "coco" / POINTSUP_CONFIGS[which]), overrides)
+    return build_model(cfg, args.num_classes)
 
 
 def build_torchvision(args):
@@ -80,7 +111,8 @@ def build_torchvision(args):
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     model = maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=args.num_classes + 1, min_size=args.height, max_size=args.width
+        weights=None, weights_backbone=None, num_classes=args.num_classes + 1, min_size=args.height, max_size=args.width,
+        box_score_thresh=args.score_thresh, box_detections_per_img=100,
     )
     if not args.torchvision_as_built:
         body = model.backbone.body
@@ -100,14 +132,15 @@ def build_torchvision(args):
 
 
 def make_runner(which: str, mode: str, args):
-    """Build one model and its inputs; returns a function that runs one step (synchronised)."""
+    """Build one model and its inputs; returns a function that runs one step (synchronised)
+    and returns the number of detections per image (inference) or None (training)."""
     device = torch.device(args.device)
     from pointsup.structures import InstanceTargets
 
     images, per_image = synthetic_batch(args.batch, args.height, args.width, args.num_objects, args.num_points, args.num_classes)
     images = images.to(device)
-    if which == "pointsup":
-        model = build_pointsup(args).to(device)
+    if which in POINTSUP_CONFIGS:
+        model = build_pointsup(which, args).to(device)
         targets = [InstanceTargets(b, c, (args.height, args.width), m, p, l).to(device) for b, c, m, p, l in per_image]
         sizes = [(args.height, args.width)] * args.batch
 
@@ -127,7 +160,8 @@ def make_runner(which: str, mode: str, args):
 
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def once():
+    def once() -> list[int] | None:
+        detections = None
         if mode == "train":
             model.train()
             losses = step()
@@ -137,29 +171,36 @@ def make_runner(which: str, mode: str, args):
         else:
             model.eval()
             with torch.no_grad():
-                step()
+                outputs = step()
+            key = "pred_boxes" if which in POINTSUP_CONFIGS else "boxes"
+            detections = [len(o[key]) for o in outputs]
         if device.type == "cuda":
             torch.cuda.synchronize()
+        return detections
 
     return once
 
 
-def time_interleaved(mode: str, args) -> dict[str, list[float]]:
-    """Both models in one process, runs alternating, so load from other processes on a
-    shared machine hits both alike. Returns seconds per run for each model."""
+def time_interleaved(mode: str, args) -> tuple[dict[str, list[float]], dict[str, list[int] | None]]:
+    """All models in one process, runs alternating, so load from other processes on a
+    shared machine hits them alike. Returns seconds per run and detections per image
+    (inference; None when training) for each model."""
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    runners = {which: make_runner(which, mode, args) for which in args.models}
+    runners = {}
+    for which in args.models:
+        torch.manual_seed(0)  # the same random weights whatever the other models are
+        runners[which] = make_runner(which, mode, args)
     for _ in range(args.warmup):
         for once in runners.values():
             once()
     times = {which: [] for which in runners}
+    detections = {}
     for _ in range(args.iters):
         for which, once in runners.items():
             start = time.perf_counter()
-            once()
+            detections[which] = once()
             times[which].append(time.perf_counter() - start)
-    return times
+    return times, detections
 
 
 def peak_memory_mib(which: str, mode: str, args) -> float:
@@ -183,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1088)
+    parser.add_argument("--size", type=int, default=0, help="square input: sets --height and --width")
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -192,30 +234,52 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--supervision", choices=["masks", "points"], default="points")
     parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     parser.add_argument("--sampling-ratio", type=int, default=-1, help="pointsup RoIAlign sampling ratio (-1: keep 0 = adaptive, detectron2's; 2 = torchvision's)")
-    parser.add_argument("--models", nargs="+", default=["pointsup", "torchvision"], choices=["pointsup", "torchvision"])
+    parser.add_argument("--models", nargs="+", default=["mask_rcnn", "torchvision"], choices=[*ALL_MODELS, "pointsup", "all"],
+                        help="pointsup = mask_rcnn; all = every model. The first pointsup model in "
+                             "the list is the reference of the printed ratios (mask_rcnn when present)")
+    parser.add_argument("--score-thresh", type=float, default=0.0,
+                        help="test score threshold of every model (0: each gives its 100 best detections)")
     parser.add_argument("--skip-memory", action="store_true", help="only time (memory needs a fresh process per model)")
     parser.add_argument("--torchvision-as-built", action="store_true", help="keep trainable BN and no frozen stages")
     args = parser.parse_args(argv)
+    if args.size:
+        args.height = args.width = args.size
+    models = ALL_MODELS if "all" in args.models else ["mask_rcnn" if m == "pointsup" else m for m in args.models]
+    args.models = list(dict.fromkeys(models))  # drop repeats, keep the order
 
     print(
         f"device={args.device} batch={args.batch} size={args.height}x{args.width} iters={args.iters} "
-        f"warmup={args.warmup} threads={args.threads} supervision={args.supervision} sampling_ratio={args.sampling_ratio}"
+        f"warmup={args.warmup} threads={args.threads} supervision={args.supervision} sampling_ratio={args.sampling_ratio} "
+        f"score_thresh={args.score_thresh} (forced detections: each model keeps its 100 best)"
     )
     ctx = multiprocessing.get_context("spawn")
+    reference = "mask_rcnn" if "mask_rcnn" in args.models else next((m for m in args.models if m in POINTSUP_CONFIGS), None)
+    memory_what = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS growth, lower bound"
     for mode in args.modes:
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            times = pool.submit(time_interleaved, mode, args).result()
+            times, detections = pool.submit(time_interleaved, mode, args).result()
         peaks = {}
         if not args.skip_memory:
             for which in args.models:
                 with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
                     peaks[which] = pool.submit(peak_memory_mib, which, mode, args).result()
         med = {k: statistics.median(t) for k, t in times.items()}
+        print(f"\n{mode}: median seconds per {'inference (eval, no_grad)' if mode == 'infer' else 'training step (fwd + bwd)'}"
+              f"{'' if args.skip_memory else f'; peak memory in MiB ({memory_what})'}")
+        header = f"{'model':19s} {'median s':>9s} {'x ' + (reference or '-'):>14s} {'peak MiB':>9s}  {'dets/img':>8s}  runs"
+        print(header)
+        print("-" * len(header))
         for which, runs in times.items():
-            mem = f"  peak mem {peaks[which]:.0f} MiB" if which in peaks else ""
-            print(f"{mode:5s} {which:11s} median {med[which]:.3f}s  (runs {', '.join(f'{t:.3f}' for t in runs)}){mem}")
-        if len(med) == 2:
-            print(f"{mode:5s} ratio pointsup/torchvision = {med['pointsup'] / med['torchvision']:.2f}")
+            ratio = f"{med[which] / med[reference]:.2f}" if reference else "-"
+            mem = f"{peaks[which]:.0f}" if which in peaks else "-"
+            dets = "/".join(map(str, detections[which])) if detections[which] is not None else "-"
+            print(f"{which:19s} {med[which]:9.3f} {ratio:>14s} {mem:>9s}  {dets:>8s}  {', '.join(f'{t:.3f}' for t in runs)}")
+        if "mask_rcnn" in med and "torchvision" in med:
+            print(f"{mode}: ratio pointsup mask_rcnn / torchvision = {med['mask_rcnn'] / med['torchvision']:.2f}")
+        if mode == "infer" and "implicit_pointrend" in med and "mask_rcnn" in med:
+            ratio = med["implicit_pointrend"] / med["mask_rcnn"]
+            verdict = "meets" if ratio <= 1.5 else "misses"
+            print(f"infer: ratio implicit_pointrend / mask_rcnn = {ratio:.2f} ({verdict} the issue-5 target <= 1.5)")
 
 if __name__ == "__main__":
     main()
