@@ -31,10 +31,12 @@ Matching setups with torchvision:
 Timing: both models are built in one process and their runs alternate (after warm-up),
 so load from other processes on a shared machine hits both alike; medians are reported.
 Peak memory: each (model, mode) in a fresh spawned process, one warm-up step then one
-measured step. On CUDA `torch.cuda.max_memory_allocated`; on CPU the growth of the
-process's peak RSS (`resource.getrusage().ru_maxrss`) during the measured step over its
-high-water mark after building and warming up (a lower bound on the step's own peak:
-memory the warm-up step already reached and freed is not counted again).
+measured step. On CUDA `torch.cuda.max_memory_allocated`. On CPU (Linux) the process's
+peak RSS during the measured step minus its RSS just before it, after handing freed heap
+back to the OS (`malloc_trim`) and resetting the kernel's high-water mark (writing 5 to
+/proc/self/clear_refs): the step's own peak on top of the model and its inputs. Where
+that reset is unavailable, the growth of `ru_maxrss` over the warm-up's high-water mark
+(a lower bound: memory the warm-up already reached and freed is not counted again).
 
     python scripts/bench_models.py                       # CPU, batch 2 of 3 x 800 x 1088
     python scripts/bench_models.py --device cuda --iters 10
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import ctypes
 import multiprocessing
 import resource
 import statistics
@@ -213,9 +216,34 @@ def peak_memory_mib(which: str, mode: str, args) -> float:
         torch.cuda.reset_peak_memory_stats()
         once()
         return torch.cuda.max_memory_allocated() / 2**20
+    baseline_kib = _reset_peak_rss()
+    if baseline_kib is not None:
+        once()
+        return (_proc_status_kib("VmHWM") - baseline_kib) / 1024
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     once()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+
+
+def _proc_status_kib(key: str) -> int:
+    """A `VmRSS` / `VmHWM` line of /proc/self/status, in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _reset_peak_rss() -> int | None:
+    """Return freed heap to the OS and reset the peak RSS to the current RSS (Linux);
+    returns that RSS in KiB, or None where this is not possible."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed memory otherwise
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (Linux >= 4.0)
+        return _proc_status_kib("VmRSS")
+    except (OSError, AttributeError, KeyError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ctx = multiprocessing.get_context("spawn")
     reference = "mask_rcnn" if "mask_rcnn" in args.models else next((m for m in args.models if m in POINTSUP_CONFIGS), None)
-    memory_what = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS growth, lower bound"
+    memory_what = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS during the step over RSS before it"
     for mode in args.modes:
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             times, detections = pool.submit(time_interleaved, mode, args).result()

@@ -18,9 +18,13 @@ detections with filled-box masks is printed too (a shape-agnostic reference, not
 Sizes: the synthetic objects are 10-32 px at 64 x 64, so the RPN anchors are 16..256
 (P2..P6), not COCO's 32..512; FCOS's size ranges (0, 64, ...) already put every object on
 P3. The heads are narrowed (FPN 32 channels, small mask/point heads) so that the four
-tests take about a minute on two cores. Gradient clipping and a 10-iteration warm-up keep
-the short, high-LR schedule from diverging (without clipping Mask R-CNN's loss turns NaN
-around iteration 30).
+tests take a few minutes on two cores. The short schedule keeps the configs' LR (0.02, and
+0.01 for CondInst) with a 10-iteration warm-up, so gradients are clipped at norm 5: without
+clipping, a 40-image variant of this run went NaN at iteration 31, and Mask R-CNN here
+reaches less mask AP (7.6 instead of 12.3 in one run).
+
+Seen while tuning (seeds 0-2, 1 or 2 threads): trained mask AP 7.4-16.4 for every model,
+chance 0.00 every time, filled boxes 4-15.
 """
 
 import json
