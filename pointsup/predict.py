@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from pointsup.config import Config, load_config
+from pointsup.data.collate import pad_images
 from pointsup.structures import InstanceTargets
 from pointsup.utils.io import atomic_save_png
 
@@ -52,20 +53,13 @@ def visualize_dataset(model: nn.Module, dataset: Dataset, out_dir: str, num_imag
     for index in range(min(num_images, len(dataset))):
         sample = dataset[index]
         H, W = sample.image.shape[-2:]
-        images = _pad(sample.image).to(device)[None]  # (1, 3, H_pad, W_pad)
+        images = pad_images([sample.image]).to(device)  # (1, 3, H_pad, W_pad)
         (prediction,) = model(images, [(H, W)])
         path = os.path.join(out_dir, f"{sample.image_id}.png")
         atomic_save_png(path, draw_prediction(sample.image, prediction, dataset.class_names, score_thresh))
         paths.append(path)
     model.train(was_training)
     return paths
-
-
-def _pad(image: Tensor, divisibility: int = 32) -> Tensor:
-    """(3, H, W) -> (3, H_pad, W_pad), zero padding at the bottom/right (like collate)."""
-    H, W = image.shape[-2:]
-    H_pad, W_pad = -(-H // divisibility) * divisibility, -(-W // divisibility) * divisibility
-    return torch.nn.functional.pad(image, (0, W_pad - W, 0, H_pad - H))
 
 
 def list_images(path: str) -> list[str]:
@@ -110,7 +104,7 @@ def predict_files(model: nn.Module, class_names: list[str], cfg: Config, paths: 
         image = torch.from_numpy(image_np.copy()).permute(2, 0, 1).float()  # (3, H, W)
         resized, _ = transforms(image, InstanceTargets.empty((H, W)))
         h, w = resized.shape[-2:]
-        (prediction,) = model(_pad(resized).to(device)[None], [(h, w)], output_sizes=[(H, W)])
+        (prediction,) = model(pad_images([resized]).to(device), [(h, w)], output_sizes=[(H, W)])
         out_path = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         atomic_save_png(out_path, draw_prediction(image, prediction, class_names, score_thresh))
         written.append(out_path)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from pointsup.config import Config, load_config
 from pointsup.data.coco import load_coco_json, load_image_rgb
+from pointsup.data.collate import pad_images
 from pointsup.data.transforms import build_test_transforms
 from pointsup.models.postprocess import paste_masks_in_image
 from pointsup.structures import InstanceTargets
@@ -44,9 +45,9 @@ def predict_masks_for_boxes(model: nn.Module, image: Tensor, boxes_xyxy: Tensor,
     if not (hasattr(model, "backbone") and hasattr(model, "roi_heads")):
         raise TypeError("self-training needs an R-CNN model (Mask R-CNN, PointRend or Implicit PointRend)")
     H, W = image.shape[-2:]
-    H_pad, W_pad = -(-H // 32) * 32, -(-W // 32) * 32
-    padded = torch.nn.functional.pad(image, (0, W_pad - W, 0, H_pad - H))[None]  # (1, 3, H_pad, W_pad)
-    features = model.backbone((padded - model.pixel_mean) / model.pixel_std)
+    padded = pad_images([image])  # (1, 3, H_pad, W_pad), as collate pads
+    # The model's own normalisation (channel order, mean/std, padding convention).
+    features = model.backbone(model.normalize(padded, [(H, W)]))
     return model.roi_heads.mask_head(features, [boxes_xyxy], [classes])[0]
 
 

@@ -30,6 +30,9 @@ class _StubRCNN(nn.Module):
         self.roi_heads = nn.Module()
         self.roi_heads.mask_head = _FullBoxMaskHead()
 
+    def normalize(self, images, image_sizes):
+        return (images - self.pixel_mean) / self.pixel_std
+
 
 @pytest.fixture(scope="module")
 def tiny_coco(tmp_path_factory):
