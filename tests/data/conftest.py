@@ -1,16 +1,12 @@
 import pytest
-import torch
 
 from pointsup.data.synthetic import generate_synthetic_dataset
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    """The data tests use tiny tensors: one intra-op thread avoids sync overhead on busy CPUs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_thread):
+    """The data tests use tiny tensors: all of them run with one intra-op thread."""
     yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

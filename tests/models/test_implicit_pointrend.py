@@ -17,13 +17,7 @@ from .test_pointrend import make_batch, empty_rois
 K, C, STRIDE = 3, 16, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second intra-op thread only adds sync overhead (100x on a busy CPU).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 def small_cfg(supervision: str) -> MaskHeadConfig:

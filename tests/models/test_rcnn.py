@@ -13,14 +13,7 @@ from pointsup.structures import InstanceTargets
 H = W = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convs gain nothing from 2 threads, and on a shared 2-core machine OpenMP's
-    # spinning threads make them ~20x slower: run this module single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 class TinyBackbone(nn.Module):
