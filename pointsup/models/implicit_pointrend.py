@@ -33,8 +33,12 @@ starts from a shared working point head instead of a product of near-zero layers
 
 Cost to keep in mind: the parameter head's last layer is Linear(1024, 283,472), about
 290M weights (1.16 GB in float32), as in the reference. The generated params take
-R x D x 4 bytes: 145 MB for 128 foreground proposals in training, and at inference
-`inference_chunk_size` detections are rendered at a time to bound memory.
+R x D x 4 bytes: 145 MB for 128 foreground proposals in training. At inference the
+detections of an image are rendered `inference_chunk_size` (default 100, COCO's
+detections per image) at a time: each chunk is one pass over those 1.16 GB of weights
+(on one CPU core, 100 RoIs in one pass take 1.2 s, in chunks of 32 1.6 s), then each
+RoI keeps only its class's MLP (`ImplicitPointHead.select_classes`) for rendering, done
+`render_chunk_size` (8) RoIs at a time.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from torch import Tensor, nn
 
 from ..config import MaskHeadConfig
 from ..losses.point_losses import params_l2_loss, point_bce_loss
-from ..ops.point_features import point_sample_fine_grained_features
+from ..ops.point_features import point_sample_fine_grained_features, point_sampling_layout
 from ..structures import InstanceTargets
 from .pointrend import (
     SUPERVISIONS,
@@ -76,15 +80,23 @@ class FourierPositionalEncoding(nn.Module):
         self.register_buffer("gaussian_matrix", scale * torch.randn(2, dim // 2), persistent=True)
 
     def forward(self, coords_box: Tensor) -> Tensor:
-        """(R, P, 2) box-relative -> (R, P, E)."""
-        q = 2.0 * coords_box - 1.0  # centre the box at 0
-        proj = 2.0 * math.pi * (q.to(self.gaussian_matrix.dtype) @ self.gaussian_matrix)  # (R, P, E/2)
-        return torch.cat([proj.sin(), proj.cos()], dim=-1)
+        """(R, P, 2) box-relative -> (R, P, E). Not differentiable w.r.t. the coordinates."""
+        q = 2.0 * coords_box.to(self.gaussian_matrix.dtype) - 1.0  # centre the box at 0
+        proj = (q @ self.gaussian_matrix).mul_(2.0 * math.pi)  # (R, P, E/2)
+        encoding = proj.new_empty(*proj.shape[:-1], self.dim)  # [sin | cos] written in place, no cat
+        torch.sin(proj, out=encoding[..., : self.dim // 2])
+        torch.cos(proj, out=encoding[..., self.dim // 2 :])
+        return encoding
 
 
 class ImplicitPointHead(nn.Module):
     """The per-instance MLP point head. It learns nothing itself: its weights come from
     the parameter head (layout in the module docstring); it owns only the fixed encoding.
+
+    A parameter vector comes in one of two layouts, told apart by its length D:
+      - K outputs (num_params_for(K) = self.num_params): what the parameter head generates;
+      - 1 output  (num_params_for(1)): one class's MLP, from `select_classes`. Only the
+        last layer differs (one row of W_{L-1} and one entry of b_{L-1}).
     """
 
     def __init__(
@@ -100,11 +112,20 @@ class ImplicitPointHead(nn.Module):
         if num_hidden < 1:
             raise ValueError(f"num_hidden must be >= 1, got {num_hidden}")
         self.encoding = FourierPositionalEncoding(encoding_dim, encoding_scale)
+        self.encoding_dim = encoding_dim
         self.in_dim = encoding_dim + feature_channels
+        self.hidden_dim = hidden_dim
+        self.num_hidden = num_hidden
         self.num_classes = num_classes
-        dims = [self.in_dim] + [hidden_dim] * num_hidden + [num_classes]
-        self.layer_shapes = [(dims[l + 1], dims[l]) for l in range(len(dims) - 1)]  # (out_l, in_l)
-        self.num_params = sum(o * i + o for o, i in self.layer_shapes)
+        self.layer_shapes = self.layer_shapes_for(num_classes)  # (out_l, in_l) per layer
+        self.num_params = self.num_params_for(num_classes)
+
+    def layer_shapes_for(self, num_outputs: int) -> list[tuple[int, int]]:
+        dims = [self.in_dim] + [self.hidden_dim] * self.num_hidden + [num_outputs]
+        return [(dims[l + 1], dims[l]) for l in range(len(dims) - 1)]
+
+    def num_params_for(self, num_outputs: int) -> int:
+        return sum(o * i + o for o, i in self.layer_shapes_for(num_outputs))
 
     def standard_init_params(self) -> Tensor:
         """(D,) one ordinary MLP in the parameter layout: weights drawn like detectron2's
@@ -114,43 +135,62 @@ class ImplicitPointHead(nn.Module):
         return torch.cat(weights + biases)
 
     def split_params(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """params (R, D) -> weights [(R, out_l, in_l)], biases [(R, out_l)], per the layout."""
+        """params (R, D) in either layout -> weights [(R, out_l, in_l)], biases [(R, out_l)]."""
         R, D = params.shape
-        if D != self.num_params:
-            raise ValueError(f"expected {self.num_params} parameters per RoI, got {D}")
-        sizes = [o * i for o, i in self.layer_shapes] + [o for o, _ in self.layer_shapes]
-        chunks = params.split(sizes, dim=1)
-        L = len(self.layer_shapes)
-        weights = [w.reshape(R, o, i) for w, (o, i) in zip(chunks[:L], self.layer_shapes)]
-        biases = list(chunks[L:])
-        return weights, biases
+        layouts = {self.num_params: self.num_classes, self.num_params_for(1): 1}
+        if D not in layouts:
+            raise ValueError(
+                f"expected {self.num_params} (K = {self.num_classes} outputs) or "
+                f"{self.num_params_for(1)} (one class) parameters per RoI, got {D}"
+            )
+        shapes = self.layer_shapes_for(layouts[D])
+        chunks = params.split([o * i for o, i in shapes] + [o for o, _ in shapes], dim=1)
+        L = len(shapes)
+        weights = [w.view(R, o, i) for w, (o, i) in zip(chunks[:L], shapes)]
+        return weights, list(chunks[L:])
 
-    def forward(self, params: Tensor, fine_features: Tensor, coords_box: Tensor, classes: Tensor | None = None) -> Tensor:
+    def select_classes(self, params: Tensor, classes: Tensor) -> Tensor:
+        """(R, D) with K outputs -> (R, D_1) each RoI's MLP for its class only (classes (R,)).
+        Same layout with the last layer cut to the class's row: its weights (H,) and bias."""
+        R = params.shape[0]
+        K, H = self.num_classes, self.hidden_dim
+        if params.shape[1] != self.num_params:
+            raise ValueError(f"expected {self.num_params} parameters per RoI, got {params.shape[1]}")
+        hidden_weights = self.num_params - (H * K + K) - H * self.num_hidden  # W_0 .. W_{L-2}
+        last_weight_end = hidden_weights + H * K
+        rows = torch.arange(R, device=params.device)
+        last_weight = params[:, hidden_weights:last_weight_end].view(R, K, H)[rows, classes]  # (R, H)
+        last_bias = params[:, self.num_params - K :][rows, classes].unsqueeze(1)  # (R, 1)
+        hidden_biases = params[:, last_weight_end : self.num_params - K]  # b_0 .. b_{L-2}
+        return torch.cat([params[:, :hidden_weights], last_weight, hidden_biases, last_bias], dim=1)
+
+    def forward(self, params: Tensor, fine_features: Tensor, coords_box: Tensor) -> Tensor:
         """Evaluate each RoI's MLP at its points.
 
-        params (R, D), fine_features (R, C, P) p2 features, coords_box (R, P, 2).
-        classes: (R,) to evaluate only that class's output (the last layer is cut to one
-        row first, saving K - 1 outputs), or None for all K.
-        returns (R, K, P) logits, or (R, 1, P) when classes are given.
+        params (R, D) (K outputs, or one class from `select_classes`), fine_features
+        (R, C, P) p2 features, coords_box (R, P, 2). returns (R, K, P) or (R, 1, P) logits.
+
+        The MLP runs channel-first (R, channels, P). Its input [encoding (E), features (C)]
+        is never concatenated: the first layer applies W_0's two column blocks separately,
+        W_0 x = W_0[:, :E] encoding + W_0[:, E:] features (saves an (R, E + C, P) copy).
         """
-        x = torch.cat([self.encoding(coords_box).to(fine_features.dtype), fine_features.transpose(1, 2)], dim=2)  # (R, P, E+C)
-        weights, biases = self.split_params(params.to(x.dtype))
-        if classes is not None and self.num_classes > 1:
-            rows = torch.arange(len(classes), device=classes.device)
-            weights[-1] = weights[-1][rows, classes].unsqueeze(1)  # (R, 1, hidden)
-            biases[-1] = biases[-1][rows, classes].unsqueeze(1)  # (R, 1)
-        return dynamic_mlp(x, weights, biases).transpose(1, 2)
+        weights, biases = self.split_params(params.to(fine_features.dtype))
+        E = self.encoding_dim
+        encoding = self.encoding(coords_box).to(fine_features.dtype).transpose(1, 2)  # (R, E, P)
+        x = torch.baddbmm(biases[0].unsqueeze(2), weights[0][:, :, :E], encoding)  # (R, H, P)
+        x = x.baddbmm_(weights[0][:, :, E:], fine_features).relu_()
+        return dynamic_mlp(x, weights[1:], biases[1:])
 
 
 def dynamic_mlp(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
-    """A different MLP per RoI as batched matmuls: x (R, P, in) -> (R, P, out).
+    """A different MLP per RoI as batched matmuls, channel-first: x (R, in, P) -> (R, out, P).
 
-    Layer l: x <- x @ W_l^T + b_l (ReLU on all but the last), W_l (R, out, in), b_l (R, out).
+    Layer l: x <- W_l x + b_l (ReLU on all but the last), W_l (R, out, in), b_l (R, out).
     """
     for l, (w, b) in enumerate(zip(weights, biases)):
-        x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))  # (R, P, out_l)
+        x = torch.baddbmm(b.unsqueeze(2), w, x)  # (R, out_l, P)
         if l < len(weights) - 1:
-            x = x.relu()
+            x = x.relu_()
     return x
 
 
@@ -173,7 +213,8 @@ class ImplicitPointRendMaskHead(nn.Module):
         params_l2_weight: float = 1e-5,
         subdivision_steps: int = 3,
         subdivision_num_points: int = 28 * 28,
-        inference_chunk_size: int = 32,
+        inference_chunk_size: int = 100,
+        render_chunk_size: int = 8,
         init_params_as_mlp: bool = True,
     ):
         super().__init__()
@@ -199,6 +240,7 @@ class ImplicitPointRendMaskHead(nn.Module):
         self.subdivision_num_points = subdivision_num_points
         self.subdivision_init_resolution = square_side(subdivision_num_points)
         self.inference_chunk_size = inference_chunk_size
+        self.render_chunk_size = render_chunk_size
 
     def forward(
         self,
@@ -208,7 +250,7 @@ class ImplicitPointRendMaskHead(nn.Module):
         targets: list[InstanceTargets] | None = None,
         matched_idxs: list[Tensor] | None = None,
     ) -> dict[str, Tensor] | list[Tensor]:
-        fine = features[self.in_feature]  # (N, C, H/stride, W/stride)
+        fine = point_sampling_layout(features[self.in_feature])  # (N, C, H/stride, W/stride)
         if not self.training:
             return render_masks_in_chunks(self.predict_masks, fine, boxes, classes, self.inference_chunk_size)
         if targets is None or matched_idxs is None:
@@ -224,7 +266,8 @@ class ImplicitPointRendMaskHead(nn.Module):
         else:
             coords_box, gt_labels = gt_point_targets(boxes, targets, matched_idxs)  # (R, P, 2), (R, P)
 
-        point_logits = self.point_logits(fine, boxes, params, coords_box, torch.cat(classes))  # (R, P)
+        class_params = self.point_head.select_classes(params, torch.cat(classes))  # (R, D_1)
+        point_logits = self.point_logits(fine, boxes, class_params, coords_box)  # (R, P)
         return {
             "loss_mask_point": point_bce_loss(point_logits, gt_labels),
             "loss_params_l2": params_l2_loss(params, self.params_l2_weight),
@@ -235,20 +278,32 @@ class ImplicitPointRendMaskHead(nn.Module):
         roi_features = pool_roi_features(fine, self.stride, boxes, self.pooler_resolution)  # (R, C, 14, 14)
         return self.parameter_head(roi_features)
 
-    def point_logits(self, fine: Tensor, boxes: list[Tensor], params: Tensor, coords_box: Tensor, classes: Tensor) -> Tensor:
-        """Each RoI's MLP at its box-relative points (R, P, 2) -> (R, P) logits of its class."""
+    def point_logits(self, fine: Tensor, boxes: list[Tensor], class_params: Tensor, coords_box: Tensor) -> Tensor:
+        """Each RoI's one-class MLP (R, D_1) at its box-relative points (R, P, 2) -> (R, P) logits."""
         fine_features = point_sample_fine_grained_features(fine, self.stride, boxes, coords_box)  # (R, C, P)
-        return self.point_head(params, fine_features, coords_box, classes)[:, 0]
+        return self.point_head(class_params, fine_features, coords_box)[:, 0]
 
     def predict_masks(self, fine: Tensor, boxes: Tensor, classes: Tensor) -> Tensor:
-        """One image's detections: fine (1, C, h, w), boxes (R, 4), classes (R,) -> (R, 224, 224) probs."""
-        params = self.generate_params(fine, [boxes])  # (R, D)
-        mask_logits = subdivision_inference(
-            lambda coords_box: self.point_logits(fine, [boxes], params, coords_box, classes),
+        """One image's detections: fine (1, C, h, w), boxes (R, 4), classes (R,) -> (R, 224, 224) probs.
+
+        Parameters for all R in one pass over the parameter head's weights; then the masks
+        are rendered `render_chunk_size` RoIs at a time, so that the MLP's activations
+        (chunk x 256 x 784 floats) stay in cache (10-25% faster than all 100 at once on one CPU core).
+        """
+        class_params = self.point_head.select_classes(self.generate_params(fine, [boxes]), classes)  # (R, D_1)
+        masks = [
+            self.render_masks(fine, boxes[s : s + self.render_chunk_size], class_params[s : s + self.render_chunk_size])
+            for s in range(0, max(len(boxes), 1), self.render_chunk_size)
+        ]
+        return torch.cat(masks).sigmoid()
+
+    def render_masks(self, fine: Tensor, boxes: Tensor, class_params: Tensor) -> Tensor:
+        """Adaptive subdivision of RoIs with one-class MLPs (R, D_1) -> (R, 224, 224) logits."""
+        return subdivision_inference(
+            lambda coords_box: self.point_logits(fine, [boxes], class_params, coords_box),
             len(boxes), self.subdivision_init_resolution, self.subdivision_steps,
             self.subdivision_num_points, device=fine.device,
         )
-        return mask_logits.sigmoid()
 
 
 def build_implicit_pointrend_head(

