@@ -271,8 +271,8 @@ def _map_detectron2(state: dict[str, Tensor], ctx: dict) -> tuple[dict[str, Tens
         if key.startswith("backbone.bottom_up."):
             resnet = _d2_resnet_key(key[len("backbone.bottom_up."):])
             new = ctx["prefix"] + resnet if resnet else None
-        elif key.startswith(("stem.", "res")) and _d2_resnet_key(key):  # a converted ImageNet backbone
-            new = ctx["prefix"] + _d2_resnet_key(key)
+        elif key.startswith(("stem.", "res")) and (resnet := _d2_resnet_key(key)):  # a converted ImageNet backbone
+            new = ctx["prefix"] + resnet
         elif m := re.match(r"^backbone\.fpn_(lateral|output)(\d)\.(norm\.)?(\w+)$", key):
             kind = "lateral_convs" if m.group(1) == "lateral" else "output_convs"
             new = f"backbone.fpn.{kind}.{int(m.group(2)) - fpn_first}.{1 if m.group(3) else 0}.{m.group(4)}"

@@ -156,7 +156,7 @@ class ImplicitPointHead(nn.Module):
         K, H = self.num_classes, self.hidden_dim
         if params.shape[1] != self.num_params:
             raise ValueError(f"expected {self.num_params} parameters per RoI, got {params.shape[1]}")
-        hidden_weights = self.num_params - (H * K + K) - H * self.num_hidden  # W_0 .. W_{L-2}
+        hidden_weights = sum(o * i for o, i in self.layer_shapes[:-1])  # size of W_0 .. W_{L-2}
         last_weight_end = hidden_weights + H * K
         rows = torch.arange(R, device=params.device)
         last_weight = params[:, hidden_weights:last_weight_end].view(R, K, H)[rows, classes]  # (R, H)

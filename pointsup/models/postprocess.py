@@ -94,6 +94,10 @@ def _chunks_by_budget(order: Tensor, sizes: list[int], budget: int) -> list[Tens
     return chunks
 
 
+# The mask pasting conventions, by their config name (`model.mask_paste`).
+PASTE_FUNCTIONS = {"pointsup": paste_masks_in_image, "torchvision": paste_masks_torchvision}
+
+
 def rescale_boxes(boxes_xyxy: Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> Tensor:
     """(R, 4) boxes in an (H_in, W_in) image -> the same boxes in the (H_out, W_out) resized image."""
     scale_y, scale_x = output_size[0] / input_size[0], output_size[1] / input_size[1]
@@ -125,6 +129,7 @@ def rescale_detections(
         "pred_classes": detections["pred_classes"],
     }
     if "pred_mask_probs" in detections:
-        paste_fn = paste_masks_torchvision if paste == "torchvision" else paste_masks_in_image
-        out["pred_masks"] = paste_fn(detections["pred_mask_probs"], boxes_xyxy, output_size, mask_threshold)
+        if paste not in PASTE_FUNCTIONS:
+            raise ValueError(f"paste must be one of {sorted(PASTE_FUNCTIONS)}, got {paste!r}")
+        out["pred_masks"] = PASTE_FUNCTIONS[paste](detections["pred_mask_probs"], boxes_xyxy, output_size, mask_threshold)
     return out

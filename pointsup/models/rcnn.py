@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..structures import InstanceTargets
-from .postprocess import rescale_detections
+from .postprocess import PASTE_FUNCTIONS, rescale_detections
 from .roi_heads import ROIHeads, build_roi_heads
 from .rpn import RPN, build_rpn
 
@@ -41,8 +41,8 @@ class GeneralizedRCNN(nn.Module):
         self.mask_threshold = mask_threshold
         self.input_format = input_format  # BGR: MSRA / detectron2 weights; pixel_mean/std in that order
         self.pad_after_normalize = pad_after_normalize
-        if mask_paste not in ("pointsup", "torchvision"):
-            raise ValueError(f"mask_paste must be 'pointsup' or 'torchvision', got {mask_paste!r}")
+        if mask_paste not in PASTE_FUNCTIONS:
+            raise ValueError(f"mask_paste must be one of {sorted(PASTE_FUNCTIONS)}, got {mask_paste!r}")
         self.mask_paste = mask_paste
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
@@ -70,7 +70,6 @@ class GeneralizedRCNN(nn.Module):
             rescale_detections(d, in_size, out_size, self.mask_threshold, self.mask_paste)
             for d, in_size, out_size in zip(detections, image_sizes, output_sizes)
         ]
-
 
     def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
         """RGB 0..255 (N, 3, H, W) -> the normalised input the weights were trained on."""

@@ -12,7 +12,7 @@ from pointsup.models.implicit_pointrend import (
     dynamic_mlp,
 )
 
-from .test_pointrend import make_batch, empty_rois
+from .test_pointrend import check_point_head_train_and_eval, check_point_head_without_rois, make_batch
 
 K, C, STRIDE = 3, 16, 4
 
@@ -117,37 +117,19 @@ def test_positional_encoding_fixed_saved_and_distinct():
 
 @pytest.mark.parametrize("supervision", ["masks", "points"])
 def test_implicit_pointrend_train_and_eval(supervision):
-    features, boxes, classes, targets, matched = make_batch()
-    head = build_implicit_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}).train()
-    losses = head(features, boxes, classes, targets, matched)
-    assert set(losses) == {"loss_mask_point", "loss_params_l2"}
-    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    sum(losses.values()).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
-
-    head.eval()
+    batch = make_batch()
+    features, boxes, classes, _, _ = batch
+    head = build_implicit_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE})
+    masks = check_point_head_train_and_eval(head, batch, {"loss_mask_point", "loss_params_l2"})
     with torch.no_grad():
-        masks = head(features, boxes, classes)
-        head.inference_chunk_size = 2  # chunking detections must not change the result
-        chunked = head(features, boxes, classes)
-        head.render_chunk_size = 1
+        head.render_chunk_size = 1  # rendering fewer RoIs at a time must not change the result
         render_chunked = head(features, boxes, classes)
-    assert [m.shape for m in masks] == [(3, 224, 224), (0, 224, 224)]
-    torch.testing.assert_close(chunked[0], masks[0])
     torch.testing.assert_close(render_chunked[0], masks[0])
 
 
 @pytest.mark.parametrize("supervision", ["masks", "points"])
 def test_implicit_pointrend_no_rois_train_and_eval(supervision):
-    features, _, _, targets, _ = make_batch()
-    head = build_implicit_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}).train()
-    boxes, classes, matched = empty_rois()
-    losses = head(features, boxes, classes, [targets[1], targets[1]], matched)
-    assert all(v.item() == 0.0 for v in losses.values())
-    sum(losses.values()).backward()
-    assert all(p.grad is not None for p in head.parameters())  # every param in the graph (DDP)
-    head.eval()
-    assert [m.shape for m in head(features, boxes, classes)] == [(0, 224, 224)] * 2
+    check_point_head_without_rois(build_implicit_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}))
 
 
 def test_implicit_pointrend_fits_points_with_sgd():

@@ -167,12 +167,13 @@ def test_gt_mask_targets_from_roi_align_and_points():
 # --- the head ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("supervision", ["masks", "points"])
-def test_pointrend_train_and_eval(supervision):
-    features, boxes, classes, targets, matched = make_batch()
-    head = build_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}).train()
+def check_point_head_train_and_eval(head, batch, loss_names: set[str]) -> list[torch.Tensor]:
+    """The mask-head contract of a point head (PointRend or Implicit PointRend) in training
+    mode on `batch` (from make_batch), then in eval; returns the eval masks per image."""
+    features, boxes, classes, targets, matched = batch
+    head.train()
     losses = head(features, boxes, classes, targets, matched)
-    assert set(losses) == {"loss_mask", "loss_mask_point"}
+    assert set(losses) == loss_names
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
@@ -185,19 +186,31 @@ def test_pointrend_train_and_eval(supervision):
     assert [m.shape for m in masks] == [(3, 224, 224), (0, 224, 224)]
     assert masks[0].min() >= 0 and masks[0].max() <= 1
     torch.testing.assert_close(chunked[0], masks[0])
+    return masks
 
 
-@pytest.mark.parametrize("supervision", ["masks", "points"])
-def test_pointrend_no_rois_train_and_eval(supervision):
+def check_point_head_without_rois(head) -> None:
+    """No RoI in any image: zero losses with every parameter in the graph (DDP), empty masks."""
     features, _, _, targets, _ = make_batch()
-    head = build_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}).train()
     boxes, classes, matched = empty_rois()
+    head.train()
     losses = head(features, boxes, classes, [targets[1], targets[1]], matched)
     assert all(v.item() == 0.0 for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in head.parameters())  # every param in the graph (DDP)
     head.eval()
     assert [m.shape for m in head(features, boxes, classes)] == [(0, 224, 224)] * 2
+
+
+@pytest.mark.parametrize("supervision", ["masks", "points"])
+def test_pointrend_train_and_eval(supervision):
+    head = build_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE})
+    check_point_head_train_and_eval(head, make_batch(), {"loss_mask", "loss_mask_point"})
+
+
+@pytest.mark.parametrize("supervision", ["masks", "points"])
+def test_pointrend_no_rois_train_and_eval(supervision):
+    check_point_head_without_rois(build_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}))
 
 
 def test_pointrend_fits_one_mask():

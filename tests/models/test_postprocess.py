@@ -71,3 +71,5 @@ def test_rescale_detections_to_output_size():
     torch.testing.assert_close(out["pred_boxes"], torch.tensor([[30.0, 10.0, 60.0, 30.0]]))
     assert out["pred_masks"].shape == (1, 60, 120)
     assert out["pred_masks"][0].sum() == 30 * 20 and out["pred_masks"][0, 10:30, 30:60].all()
+    with pytest.raises(ValueError, match="paste must be one of"):  # a typo is an error, not a fallback
+        rescale_detections(detections, input_size=(30, 40), paste="torchvison")
