@@ -34,6 +34,10 @@ class DataConfig:
     synthetic_num_train: int = 600
     synthetic_num_val: int = 100
     synthetic_image_size: int = 128
+    # Variants of the generator (pointsup/data/synthetic.py) for checking a recipe elsewhere.
+    synthetic_max_objects: int = 6
+    synthetic_num_classes: int = 5  # 1..8 shape classes
+    synthetic_background: str = "texture"  # "texture", "flat" or "clutter"
     # Point simulation for the built-in data (paper sec. 3.1): P_N with N points per box.
     num_points: int = 10
     # Transforms (sizes are the shortest edge in pixels; one is chosen per image).
@@ -49,6 +53,9 @@ class DataConfig:
     point_aug: bool = False
     point_aug_num: int = 0
     filter_empty: bool = True  # skip training images without (non-crowd) objects
+    # file_name entries must resolve inside the image folder; true also allows absolute
+    # paths and `..` that leave it (for JSON files that point at images elsewhere on purpose).
+    allow_paths_outside_image_root: bool = False
     num_workers: int = 2
 
 
@@ -134,6 +141,10 @@ class MaskHeadConfig:
     positional_encoding_dim: int = 256
     positional_encoding_scale: float = 1.0
     params_l2_weight: float = 1e-5  # Implicit PointRend: l2 on generated parameters (sec. 4.3)
+    # Implicit PointRend: the parameter head's output layer reads unit-length fc features
+    # (pointsup's stable recipe; see ConvFCHead). false = the reference architecture, as
+    # detectron2's checkpoints need (configs/coco/implicit_pointrend_*).
+    params_feature_norm: bool = True
 
 
 @dataclass
@@ -190,7 +201,13 @@ class ModelConfig:
 class SolverConfig:
     ims_per_batch: int = 4  # total over all processes and accumulation steps
     accumulate_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
+    # Linear scaling rule (Goyal et al. 2017, as detectron2's REFERENCE_WORLD_SIZE): base_lr
+    # is the LR for `reference_batch` images per step; training uses
+    # base_lr * ims_per_batch / reference_batch, so halving the batch halves the LR.
+    # scale_lr=false uses base_lr as given. The LR used is logged at the start.
     base_lr: float = 0.02
+    reference_batch: int = 4  # the built-in job's base_lr is tuned at its own batch; COCO configs: 16
+    scale_lr: bool = True
     momentum: float = 0.9
     weight_decay: float = 1e-4
     max_iter: int = 1000
@@ -212,7 +229,16 @@ class Config:
     seed: int = 0
     deterministic: bool = False
     checkpoint_period: int = 500
+    checkpoint_keep_last: int = 0  # keep the newest N periodic checkpoints (model_final always); 0 = all
+    # Divergence stop (pointsup/divergence.py): no checkpoint is written with non-finite
+    # weights or |weight| above divergence_max_weight (the run stops instead), nor within 20
+    # iterations of a loss above divergence_loss_spike x the median of the last 20 (0 = off).
+    divergence_max_weight: float = 1e6
+    divergence_loss_spike: float = 20.0
     eval_period: int = 0  # 0 = only at the end
+    # Periodic evaluations use the first `eval_num_images` validation images (a fixed subset,
+    # 0 = all) so that AP-vs-iteration is cheap; the final evaluation always uses all.
+    eval_num_images: int = 0
     log_period: int = 20
     num_vis: int = 4  # prediction PNGs written at the end of training
 
@@ -352,19 +378,49 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+# Fields that take one of a few names: checked when a config is loaded, so a typo is an
+# error before anything is written (not when the model is built, after config.yaml).
+CHOICES = {
+    "model.meta_architecture": ("rcnn", "condinst"),
+    "model.input_format": ("RGB", "BGR"),
+    "model.mask_paste": ("pointsup", "torchvision"),
+    "model.backbone.depth": (18, 34, 50, 101),
+    "model.backbone.norm": ("FrozenBN", "BN", "SyncBN", "GN", ""),
+    "model.backbone.fpn_norm": ("", "GN"),
+    "model.roi_heads.pooler_level_mapper": ("detectron2", "torchvision"),
+    "model.mask_head.name": ("mask_rcnn", "pointrend", "implicit_pointrend"),
+    "model.mask_head.supervision": ("masks", "points"),
+    "model.mask_head.pooler_level_mapper": ("detectron2", "torchvision"),
+    "model.mask_head.in_feature": ("p2", "p3", "p4", "p5"),
+    "solver.amp": ("", "bf16", "fp16"),
+}
+
+
+def validate_config(cfg: Config, source: str = "config") -> Config:
+    """Raise ConfigError when a field of CHOICES holds a value outside its choices."""
+    for key, choices in CHOICES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} in {source} is not one of {', '.join(map(repr, choices))}")
+    return cfg
+
+
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults < `_base_` files < `path` < `overrides` (a list of "a.b.c=value")."""
+    """Defaults < `_base_` files < `path` < `overrides` (a list of "a.b.c=value"), validated."""
     cfg = Config()
     if path:
         _merge_file(cfg, path)
-    return apply_overrides(cfg, list(overrides))
+    apply_overrides(cfg, list(overrides))
+    return validate_config(cfg, " + ".join([path or "the defaults", *(f"--set {o}" for o in overrides)][:4]))
 
 
 def config_from_dict(values: dict, source: str = "dict") -> Config:
     """Build a Config from a nested dict (e.g. one stored in a checkpoint), strictly."""
     cfg = Config()
     _merge_into(cfg, values, "", source)
-    return cfg
+    return validate_config(cfg, source)
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -37,24 +37,45 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from pointsup import checkpoint as ckpt
-from pointsup.config import Config, SolverConfig, config_to_dict, load_config, save_config
+from pointsup.config import Config, SolverConfig, config_to_dict, load_config, save_config, validate_config
+from pointsup.divergence import DivergenceGuard
 from pointsup.evaluation import evaluate_coco, format_metrics
+from pointsup.interrupt import StopRequest, TrainingInterrupted
 from pointsup.utils import distributed as dist_utils
 from pointsup.utils.io import atomic_write_json
-from pointsup.utils.logging import append_jsonl, draw_loss_curve, read_jsonl, truncate_jsonl
+from pointsup.utils.logging import append_jsonl, draw_ap_curve, draw_loss_curve, read_jsonl, truncate_jsonl
+
+
+def scaled_base_lr(solver: SolverConfig) -> float:
+    """The peak LR actually used: base_lr * ims_per_batch / reference_batch (linear scaling
+    rule, Goyal et al. 2017), or base_lr itself when solver.scale_lr is false."""
+    if not solver.scale_lr:
+        return solver.base_lr
+    if solver.reference_batch <= 0:
+        raise ValueError(f"solver.reference_batch must be positive, got {solver.reference_batch}")
+    return solver.base_lr * solver.ims_per_batch / solver.reference_batch
+
+
+def describe_lr(solver: SolverConfig) -> str:
+    """One log line saying which peak LR is used and why."""
+    lr = scaled_base_lr(solver)
+    if not solver.scale_lr:
+        return f"LR {lr:g} (solver.base_lr, linear scaling off)"
+    return (f"LR {lr:g} = base_lr {solver.base_lr:g} x {solver.ims_per_batch} / {solver.reference_batch} images "
+            f"(linear scaling rule; solver.scale_lr=false uses base_lr as given)")
 
 
 def lr_at(iteration: int, solver: SolverConfig) -> float:
     """LR of (0-based) iteration `iteration`: linear warmup, then x gamma at each step.
 
     Like detectron2's WarmupMultiStepLR: the factor goes linearly from `warmup_factor` at
-    iteration 0 to 1 at `warmup_iters`.
+    iteration 0 to 1 at `warmup_iters`; the peak is `scaled_base_lr(solver)`.
     """
     factor = solver.gamma ** bisect.bisect_right(solver.steps, iteration)
     if iteration < solver.warmup_iters:
         alpha = iteration / solver.warmup_iters
         factor *= solver.warmup_factor * (1 - alpha) + alpha
-    return solver.base_lr * factor
+    return scaled_base_lr(solver) * factor
 
 
 class InfiniteSampler(Sampler[int]):
@@ -157,6 +178,16 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     return train_set, val_set
 
 
+def synthetic_folder_name(data) -> str:
+    """Cache folder of the built-in data: every generation parameter is in the name (the
+    default variant keeps its historical name)."""
+    name = f"train{data.synthetic_num_train}_val{data.synthetic_num_val}_size{data.synthetic_image_size}"
+    variant = (data.synthetic_max_objects, data.synthetic_num_classes, data.synthetic_background)
+    if variant != (6, 5, "texture"):
+        name += f"_obj{variant[0]}_cls{variant[1]}_{variant[2]}"
+    return name
+
+
 def prepare_synthetic_data(cfg: Config) -> tuple[str, str, str, str]:
     """Create the built-in synthetic data set (and its P_N points file) once; return its paths.
 
@@ -168,12 +199,16 @@ def prepare_synthetic_data(cfg: Config) -> tuple[str, str, str, str]:
     from pointsup.data.synthetic import generate_synthetic_dataset
 
     data = cfg.data
-    root = os.path.join(data.synthetic_dir, f"train{data.synthetic_num_train}_val{data.synthetic_num_val}_size{data.synthetic_image_size}")
+    root = os.path.join(data.synthetic_dir, synthetic_folder_name(data))
     points_json = os.path.join(root, f"train_points_n{data.num_points}_without_masks.json")
     if dist_utils.is_main_process():
         if not os.path.exists(os.path.join(root, "val.json")):
             print(f"[pointsup] generating the synthetic data set in {root}")
-            generate_synthetic_dataset(root, data.synthetic_num_train, data.synthetic_num_val, data.synthetic_image_size, seed=0)
+            generate_synthetic_dataset(
+                root, data.synthetic_num_train, data.synthetic_num_val, data.synthetic_image_size, seed=0,
+                max_objects=data.synthetic_max_objects, num_classes=data.synthetic_num_classes,
+                background=data.synthetic_background,
+            )
         if not os.path.exists(points_json):
             with open(os.path.join(root, "train.json")) as f:
                 coco_dict = json.load(f)
@@ -203,14 +238,24 @@ def build_train_loader(cfg: Config, dataset: Dataset, batch_size: int, start: in
 
 
 def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
-         train_set: Dataset | None = None, val_set: Dataset | None = None) -> dict:
+         train_set: Dataset | None = None, val_set: Dataset | None = None, overwrite: bool = False) -> dict:
     """Train (and evaluate) as configured; returns the final metrics (on rank 0; {} elsewhere).
 
     `model` / `train_set` / `val_set` default to the ones the config describes; pass your
-    own from a notebook. `resume=True` continues from the last checkpoint in cfg.output_dir.
+    own from a notebook. `resume=True` continues from the last intact checkpoint in
+    cfg.output_dir; a folder holding a run is otherwise refused unless `overwrite=True`.
+    SIGINT / SIGTERM during the loop save a checkpoint and raise `TrainingInterrupted`.
     """
+    with StopRequest() as stop:
+        return _main(cfg, resume, overwrite, model, train_set, val_set, stop)
+
+
+def _main(cfg: Config, resume: bool, overwrite: bool, model: nn.Module | None, train_set: Dataset | None,
+          val_set: Dataset | None, stop: StopRequest) -> dict:
     # ---- Processes, devices, seeds --------------------------------------------------------
+    validate_config(cfg)
     device = resolve_device(cfg.device)
+    stop.device = device
     dist_utils.init_distributed(device)
     rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
     is_main = rank == 0
@@ -223,9 +268,8 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
     autocast_dtype = amp_dtype(solver.amp, device)
     out = cfg.output_dir
     metrics_jsonl = os.path.join(out, "metrics.jsonl")
-    if is_main:
-        os.makedirs(out, exist_ok=True)
-        save_config(cfg, os.path.join(out, "config.yaml"))
+    if is_main:  # checked before anything is written
+        ckpt.check_output_dir(out, resume, overwrite)
 
     # ---- Data, model, optimizer -----------------------------------------------------------
     if train_set is None:
@@ -236,13 +280,15 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
         model = build_model(cfg, cfg.model.num_classes or train_set.num_classes)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=lr_at(0, solver), momentum=solver.momentum, weight_decay=solver.weight_decay)
+    if is_main:
+        print(f"[pointsup] {describe_lr(solver)}")
     scaler = torch.amp.GradScaler(device.type, enabled=solver.amp == "fp16")  # fp16 only: bf16 needs no scaling
 
     start_iter = 0
-    last = ckpt.find_last_checkpoint(out) if resume else None
+    # The newest intact checkpoint: a truncated or poisoned newer one is skipped with a warning.
+    last, state = ckpt.load_resume_checkpoint(out, cfg.divergence_max_weight) if resume else (None, None)
     if last:
-        state = ckpt.load_checkpoint(last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -258,6 +304,12 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
         ckpt.load_model_weights(model, cfg.model.weights)
     if resume and not last and is_main:
         print(f"[pointsup] --resume: no checkpoint in {out}, starting from scratch")
+    if is_main:  # the config is valid, the model built, the checkpoint read: only now write
+        if overwrite:
+            ckpt.clear_run(out)
+        os.makedirs(out, exist_ok=True)
+        save_config(cfg, os.path.join(out, "config.yaml"))
+    guard = DivergenceGuard(cfg.divergence_max_weight, cfg.divergence_loss_spike, last_good=last)
     if is_main:  # log lines after the checkpoint (or of an earlier run) are redone
         truncate_jsonl(metrics_jsonl, start_iter)
     # find_unused_parameters=False: every model keeps all its parameters in the graph.
@@ -265,23 +317,35 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
     loader = build_train_loader(cfg, train_set, batch_size, start=start_iter * solver.ims_per_batch, device=device)
     batches = iter(loader)
 
-    def save(iteration: int, final: bool = False) -> None:
+    def save(iteration: int, final: bool = False, confirmed: bool = False) -> str | None:
         rng_per_rank = dist_utils.all_gather_objects(ckpt.get_rng_state())  # collective: all ranks
+        if not guard.may_save(iteration, model, final):  # never write a diverged checkpoint
+            return None
         if is_main:
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "iteration": iteration, "config": config_to_dict(cfg), "rng": rng_per_rank,
                 "class_names": list(getattr(train_set, "class_names", [])),  # for predict.py
             }
-            ckpt.save_checkpoint(out, ckpt.checkpoint_name(iteration, final), state)
+            # last_checkpoint moves to it once the next loss is finite (pointsup/divergence.py).
+            path = ckpt.save_checkpoint(out, ckpt.checkpoint_name(iteration, final), state, point_last=False)
+            guard.saved(path, iteration, confirmed=final or confirmed)
+            ckpt.prune_checkpoints(out, cfg.checkpoint_keep_last)
+            return path
+        return None
 
-    def evaluate(iteration: int) -> dict:
+    def evaluate(iteration: int, final: bool = False) -> dict:
         if val_set is None:
             return {}
-        metrics = evaluate_coco(model, val_set, device=device, num_workers=cfg.data.num_workers)
+        num_images = 0 if final else cfg.eval_num_images  # periodic: a fixed subset
+        metrics = evaluate_coco(model, val_set, device=device, num_workers=cfg.data.num_workers, num_images=num_images)
         if is_main:
-            append_jsonl(metrics_jsonl, {"iter": iteration, **metrics})
+            subset = {} if final or num_images <= 0 else {"eval_num_images": min(num_images, len(val_set))}
+            append_jsonl(metrics_jsonl, {"iter": iteration, **metrics, **subset})
             tqdm.write(f"[pointsup] evaluation at iteration {iteration}:\n{format_metrics(metrics)}")
+            records = read_jsonl(metrics_jsonl)  # curves drawn as the run goes
+            draw_loss_curve(records, os.path.join(out, "loss_curve.png"))
+            draw_ap_curve(records, os.path.join(out, "ap_curve.png"))
         return metrics
 
     # ---- The loop -------------------------------------------------------------------------
@@ -304,10 +368,8 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
                 loss = sum(loss_dict.values())
                 scaler.scale(loss / solver.accumulate_steps).backward()
             # One host sync per micro-step (cheap next to a detector step), so a NaN stops
-            # the run before it reaches the weights of the next checkpoint.
-            if not torch.isfinite(loss.detach()):
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
-                raise FloatingPointError(f"loss is not finite at iteration {it + 1}: {terms}")
+            # the run before the optimizer step; loss spikes are recorded (pointsup/divergence.py).
+            guard.check_loss(it + 1, loss_dict)
             for k, v in loss_dict.items():
                 log_sums[k] = log_sums.get(k, 0) + v.detach().float() / solver.accumulate_steps
         if solver.clip_grad_norm > 0:
@@ -333,11 +395,14 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
             save(iteration)
         if cfg.eval_period > 0 and iteration % cfg.eval_period == 0 and iteration < solver.max_iter:
             evaluate(iteration)
+        if stop.requested() and iteration < solver.max_iter:  # SIGINT / SIGTERM: save this iteration, stop
+            raise TrainingInterrupted(stop.signum, iteration, save(iteration, confirmed=True))
     progress.close()
+    stop.close()  # from here on a signal stops the process as usual
 
     # ---- The end: final checkpoint, evaluation, loss curve, prediction PNGs ----------------
     save(solver.max_iter, final=True)
-    metrics = evaluate(solver.max_iter)
+    metrics = evaluate(solver.max_iter, final=True)
     if is_main:
         metrics = {**metrics, "iteration": solver.max_iter}
         atomic_write_json(os.path.join(out, "metrics.json"), metrics, indent=2)
@@ -357,6 +422,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override config values, e.g. --set solver.max_iter=100 model.mask_head.supervision=masks")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
     parser.add_argument("--output-dir", default=None, help="shortcut for --set output_dir=D")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the training run in the output dir (without it, such a folder is refused)")
     return parser.parse_args(argv)
 
 
@@ -365,7 +432,10 @@ def cli(argv: list[str] | None = None) -> dict:
     overrides = args.set + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     cfg = load_config(args.config, overrides)
     try:
-        metrics = main(cfg, resume=args.resume)
+        metrics = main(cfg, resume=args.resume, overwrite=args.overwrite)
+    except TrainingInterrupted as e:
+        print(f"[pointsup] {e}")
+        raise SystemExit(e.exit_code) from None
     finally:
         dist_utils.destroy_distributed()
     if metrics:

@@ -130,24 +130,29 @@ def _read_pickle(path: str):
         return _NumpyOnlyUnpickler(f, encoding="latin1").load()
 
 
-def _torch_load(path: str):
-    numpy_globals = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
-    reconstruct = getattr(getattr(np, "_core", getattr(np, "core", None)), "multiarray")._reconstruct
-    with torch.serialization.safe_globals([reconstruct, *numpy_globals]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def read_weights_file(path: str):
-    """The object stored in `path`: torch files with weights_only=True, pickles restricted."""
+    """The object stored in `path`: torch files with weights_only=True, pickles restricted.
+
+    Nothing in the file can run code; a file that is neither (garbage, truncated, or asking
+    for other objects) is a WeightsLoadError naming `path`.
+    """
+    from pointsup.checkpoint import CheckpointError, safe_torch_load
+
     if zipfile.is_zipfile(path):  # torch.save's format since PyTorch 1.6
-        return _torch_load(path)
+        try:
+            return safe_torch_load(path)
+        except CheckpointError as e:
+            raise WeightsLoadError(str(e)) from None
     try:
         return _read_pickle(path)
-    except pickle.UnpicklingError as pickle_error:
+    except Exception as pickle_error:  # UnpicklingError, EOFError, ValueError on garbage bytes
         try:  # the legacy (pre-1.6) torch.save format is not a zip file either
-            return _torch_load(path)
-        except Exception:
-            raise pickle_error from None
+            return safe_torch_load(path)
+        except CheckpointError:
+            raise WeightsLoadError(
+                f"refusing to load {path}: not a torch file or a numpy-only pickle "
+                f"({type(pickle_error).__name__}: {pickle_error})"
+            ) from None
 
 
 def resolve_path(path_or_url: str, cache_dir: str | None = None) -> str:
