@@ -77,12 +77,14 @@ def coco_eval(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list
 
 @torch.no_grad()
 def run_inference(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 1,
-                  num_workers: int = 0, amp_dtype: torch.dtype | None = None) -> list[dict]:
-    """COCO results for this rank's shard of `dataset` (needs `contiguous_to_category_id`)."""
+                  num_workers: int = 0, amp_dtype: torch.dtype | None = None, num_images: int = 0) -> list[dict]:
+    """COCO results for this rank's shard of `dataset` (needs `contiguous_to_category_id`);
+    only its first `num_images` images when that is > 0."""
     from pointsup.data.collate import collate
 
     rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
-    shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
+    total = min(num_images, len(dataset)) if num_images > 0 else len(dataset)
+    shard = Subset(dataset, list(range(rank, total, world_size)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=partial(collate, size_divisibility=32))
     was_training = model.training
@@ -100,8 +102,11 @@ def run_inference(model: nn.Module, dataset: Dataset, device: torch.device, batc
 
 def evaluate_coco(model: nn.Module, dataset: Dataset, gt_json: str | None = None, device: torch.device | str = "cpu",
                   batch_size: int = 1, num_workers: int = 0, amp_dtype: torch.dtype | None = None,
-                  results_path: str | None = None) -> dict[str, Any]:
+                  results_path: str | None = None, num_images: int = 0) -> dict[str, Any]:
     """Box (and mask) AP of `model` on `dataset`, whose GT is `gt_json` (default: dataset.json_path).
+
+    num_images > 0 evaluates the first `num_images` images only (a fixed subset, e.g. for the
+    periodic evaluations during training); 0 evaluates all.
 
     Returns {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}} on rank 0
     ({} on other ranks). "segm" is left out, with a warning, when the GT has no masks.
@@ -109,7 +114,7 @@ def evaluate_coco(model: nn.Module, dataset: Dataset, gt_json: str | None = None
     device = torch.device(device)
     # `model` may be DDP-wrapped: evaluate the bare module so ranks need not run in lockstep.
     model = model.module if hasattr(model, "module") else model
-    results = run_inference(model, dataset, device, batch_size, num_workers, amp_dtype)
+    results = run_inference(model, dataset, device, batch_size, num_workers, amp_dtype, num_images)
     gathered = dist_utils.gather_objects(results)
     if gathered is None:
         return {}
@@ -125,6 +130,8 @@ def evaluate_coco(model: nn.Module, dataset: Dataset, gt_json: str | None = None
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt_json)
     image_ids = list(dataset.image_ids)
+    if num_images > 0:
+        image_ids = image_ids[:num_images]  # the images run_inference ran on
     metrics = {"bbox": coco_eval(coco_gt, results, "bbox", image_ids)}
     if gt_has_masks(coco_gt):
         metrics["segm"] = coco_eval(coco_gt, results, "segm", image_ids)

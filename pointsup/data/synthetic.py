@@ -1,14 +1,21 @@
 """A built-in synthetic instance segmentation data set: coloured shapes on textured backgrounds.
 
-Five categories that differ only by *shape* (disc, ring, triangle, cross, star): every object
-gets a random colour, size, aspect, rotation and shading, so colour is never the class cue.
+Five categories by default that differ only by *shape* (disc, ring, triangle, cross, star;
+up to eight with square, hexagon, crescent): every object gets a random colour, size,
+aspect, rotation and shading, so colour is never the class cue.
 Objects are painted in order and later ones occlude earlier ones; each mask is the *visible*
 part (so masks are not convex blobs, and rings show the background through their hole).
 Objects that end up mostly hidden are removed before painting, so every visible object is
 annotated. Images have 0-6 objects (about 5% are empty) on smooth colour fields with
 stripes or blotchy noise, plus pixel noise.
 
-    python -m pointsup.data.synthetic --out DIR --num-train 2000 --num-val 200 --seed 0 [--image-size 128]
+Variants (to check that a recipe is not tuned to one data set): the image size, the most
+objects per image, the number of classes, and the background: "texture" (the default
+above), "flat" (one colour and pixel noise) or "clutter" (texture plus unannotated
+coloured strokes that look like object parts).
+
+    python -m pointsup.data.synthetic --out DIR --num-train 2000 --num-val 200 --seed 0 \
+        [--image-size 128] [--max-objects 6] [--num-classes 5] [--background texture]
 
 writes DIR/images/{train,val}_XXXXXX.png, then DIR/train.json and DIR/val.json (COCO, RLE
 masks). The JSONs are written last and atomically, so their presence means a complete set.
@@ -27,7 +34,9 @@ from PIL import Image
 
 from pointsup.utils.io import atomic_save_png, atomic_write_json
 
-CLASS_NAMES = ["disc", "ring", "triangle", "cross", "star"]
+CLASS_NAMES = ["disc", "ring", "triangle", "cross", "star", "square", "hexagon", "crescent"]
+DEFAULT_NUM_CLASSES = 5  # the built-in data set uses the first five
+BACKGROUNDS = ("texture", "flat", "clutter")
 MIN_VISIBLE_FRACTION = 0.5  # objects with less of their area visible are dropped
 MIN_AREA_FRACTION = 0.002  # ... as are objects smaller than this fraction of the image
 
@@ -50,6 +59,14 @@ def shape_mask(class_id: int, u: np.ndarray, v: np.ndarray, rng: np.random.Gener
         inner = rng.uniform(0.4, 0.5)
         t = np.mod(np.arctan2(v, u) * 5 / (2 * np.pi), 1.0)
         return rho <= inner + (1 - inner) * np.abs(2 * t - 1)
+    if class_id == 5:  # square
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if class_id == 6:  # regular hexagon: the max over its three edge normals
+        angles = np.pi * np.arange(3) / 3
+        return np.abs(u[..., None] * np.cos(angles) + v[..., None] * np.sin(angles)).max(axis=-1) <= 0.87
+    if class_id == 7:  # crescent: a disc minus a shifted disc
+        shift = rng.uniform(0.35, 0.55)
+        return (rho <= 1.0) & (np.hypot(u - shift, v) > 0.8)
     raise ValueError(f"unknown class id {class_id}")
 
 
@@ -60,8 +77,10 @@ def _smooth_noise(rng: np.random.Generator, grid: int, size: int, channels: int,
     return np.stack(planes, axis=-1)
 
 
-def _background(rng: np.random.Generator, S: int) -> np.ndarray:
-    """(S, S, 3) float32 textured background."""
+def _background(rng: np.random.Generator, S: int, kind_name: str = "texture") -> np.ndarray:
+    """(S, S, 3) float32 background of the given kind (see BACKGROUNDS)."""
+    if kind_name == "flat":
+        return np.broadcast_to(rng.uniform(20, 235, size=3).astype(np.float32), (S, S, 3)).copy()
     image = _smooth_noise(rng, 3, S, 3, 20, 235)
     kind = rng.integers(3)
     if kind == 0:  # stripes at a random angle and frequency
@@ -71,14 +90,29 @@ def _background(rng: np.random.Generator, S: int) -> np.ndarray:
         image += rng.uniform(10, 35) * wave[..., None] * rng.uniform(0.3, 1.0, size=3)
     elif kind == 1:  # blotchy mid-frequency noise
         image += _smooth_noise(rng, 12, S, 3, -35, 35)
+    if kind_name == "clutter":
+        _draw_strokes(rng, image, int(rng.integers(3, 9)))
     return image
 
 
-def _sample_object(rng: np.random.Generator, S: int) -> dict[str, Any]:
+def _draw_strokes(rng: np.random.Generator, image: np.ndarray, count: int) -> None:
+    """Paint `count` thick random line segments of random colours (unannotated distractors)."""
+    S = image.shape[0]
+    ys, xs = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
+    for _ in range(count):
+        (x0, y0), (x1, y1) = rng.uniform(0, S, size=(2, 2))
+        width = rng.uniform(0.01, 0.04) * S
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xs - x0) * dx + (ys - y0) * dy) / max(dx * dx + dy * dy, 1e-6), 0, 1)
+        near = np.hypot(xs - (x0 + t * dx), ys - (y0 + t * dy)) <= width
+        image[near] = rng.uniform(0, 255, size=3)
+
+
+def _sample_object(rng: np.random.Generator, S: int, num_classes: int) -> dict[str, Any]:
     """Random class, centre, size, aspect and rotation of one object."""
     radius = rng.uniform(0.08, 0.25) * S
     return {
-        "class_id": int(rng.integers(len(CLASS_NAMES))),
+        "class_id": int(rng.integers(num_classes)),
         "cx": rng.uniform(0.05, 0.95) * S,
         "cy": rng.uniform(0.05, 0.95) * S,
         "radius": radius,
@@ -112,11 +146,14 @@ def _object_colour(rng: np.random.Generator, background_rgb: np.ndarray) -> np.n
     return colour.astype(np.float32)
 
 
-def render_image(rng: np.random.Generator, S: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+def render_image(
+    rng: np.random.Generator, S: int, max_objects: int = 6, num_classes: int = DEFAULT_NUM_CLASSES,
+    background: str = "texture",
+) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
     """One image (S, S, 3) uint8, visible masks [(S, S) bool] and their class ids."""
-    image = _background(rng, S)
-    num_objects = 0 if rng.random() < 0.05 else int(rng.integers(1, 7))
-    objects = [_sample_object(rng, S) for _ in range(num_objects)]
+    image = _background(rng, S, background)
+    num_objects = 0 if rng.random() < 0.05 else int(rng.integers(1, max_objects + 1))
+    objects = [_sample_object(rng, S, num_classes) for _ in range(num_objects)]
     rasters = [_rasterise(obj, S, rng) for obj in objects]
 
     def visible_owner(indices: list[int]) -> np.ndarray:
@@ -172,12 +209,14 @@ def mask_to_annotation(mask: np.ndarray, class_id: int, ann_id: int, image_id: i
     }
 
 
-def _generate_split(out_dir: str, split: str, num_images: int, image_size: int, rng: np.random.Generator) -> dict[str, Any]:
+def _generate_split(
+    out_dir: str, split: str, num_images: int, image_size: int, rng: np.random.Generator, variant: dict[str, Any]
+) -> dict[str, Any]:
     """Render and save one split's images; return its COCO dict."""
     images, annotations = [], []
     for i in range(num_images):
         image_id = i + 1
-        image, masks, classes = render_image(rng, image_size)
+        image, masks, classes = render_image(rng, image_size, **variant)
         file_name = f"{split}_{image_id:06d}.png"
         atomic_save_png(os.path.join(out_dir, "images", file_name), image, compress_level=1)
         images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
@@ -187,12 +226,14 @@ def _generate_split(out_dir: str, split: str, num_images: int, image_size: int, 
         "info": {"description": f"pointsup synthetic shapes, {split} split"},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(CLASS_NAMES)],
+        "categories": [{"id": k + 1, "name": name, "supercategory": "shape"}
+                       for k, name in enumerate(CLASS_NAMES[: variant["num_classes"]])],
     }
 
 
 def generate_synthetic_dataset(
-    out_dir: str, num_train: int = 2000, num_val: int = 200, image_size: int = 128, seed: int = 0
+    out_dir: str, num_train: int = 2000, num_val: int = 200, image_size: int = 128, seed: int = 0,
+    max_objects: int = 6, num_classes: int = DEFAULT_NUM_CLASSES, background: str = "texture",
 ) -> dict[str, str]:
     """Write the synthetic data set; deterministic per seed (train and val use separate streams).
 
@@ -200,6 +241,13 @@ def generate_synthetic_dataset(
     """
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
+    if not 1 <= num_classes <= len(CLASS_NAMES):
+        raise ValueError(f"num_classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+    variant = {"max_objects": max_objects, "num_classes": num_classes, "background": background}
     paths = {
         "train_json": os.path.join(out_dir, "train.json"),
         "val_json": os.path.join(out_dir, "val.json"),
@@ -208,7 +256,7 @@ def generate_synthetic_dataset(
     os.makedirs(paths["image_dir"], exist_ok=True)
     for split_index, (split, num_images) in enumerate([("train", num_train), ("val", num_val)]):
         rng = np.random.default_rng([seed, split_index])
-        coco = _generate_split(out_dir, split, num_images, image_size, rng)
+        coco = _generate_split(out_dir, split, num_images, image_size, rng, variant)
         atomic_write_json(paths[f"{split}_json"], coco)
     return paths
 
@@ -220,8 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--max-objects", type=int, default=6, help="most objects per image (default: %(default)s)")
+    parser.add_argument("--num-classes", type=int, default=DEFAULT_NUM_CLASSES,
+                        help=f"number of shape classes, 1..{len(CLASS_NAMES)} (default: %(default)s)")
+    parser.add_argument("--background", choices=BACKGROUNDS, default="texture", help="background kind (default: %(default)s)")
     args = parser.parse_args(argv)
-    paths = generate_synthetic_dataset(args.out, args.num_train, args.num_val, args.image_size, args.seed)
+    paths = generate_synthetic_dataset(args.out, args.num_train, args.num_val, args.image_size, args.seed,
+                                       args.max_objects, args.num_classes, args.background)
     print(f"wrote {paths['train_json']} ({args.num_train} images), {paths['val_json']} ({args.num_val} images), images in {paths['image_dir']}")
 
 

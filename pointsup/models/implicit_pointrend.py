@@ -325,6 +325,7 @@ def build_implicit_pointrend_head(
         fc_dim=cfg.coarse_fc_dim,
         num_fc=cfg.coarse_num_fc,
         out_dim=point_head.num_params,
+        normalize_features=cfg.params_feature_norm,
     )
     return ImplicitPointRendMaskHead(
         parameter_head,

@@ -53,10 +53,21 @@ class ConvFCHead(nn.Module):
                  -> 2x2 stride-2 conv + ReLU (S -> S/2) -> num_fc x (fc + ReLU) -> fc out_dim
     PointRend reads the output as K x 7 x 7 coarse logits; Implicit PointRend as the
     flattened parameters of a point-head MLP.
+
+    normalize_features=True scales the last fc output h to unit length before the output
+    layer (Implicit PointRend's `params_feature_norm`, a pointsup deviation from the
+    reference). Why: one SGD step on the output layer (W, b) moves the outputs of RoI r by
+    -lr * sum_s g_s (h_s . h_r + 1), i.e. the generated parameters train at an effective LR
+    of about lr * (1 + |h|^2). With raw fc features |h|^2 is 20-70 on the synthetic runs
+    (measured) and grows with training, so the generated MLP -- whose output is a product
+    of 4 layers of these parameters -- trains at 20-70x the base LR and eventually blows
+    up (loss_params_l2 1e16 within two iterations). With |h| = 1 the factor is at most 2.
     """
 
-    def __init__(self, in_channels: int, in_resolution: int, conv_dim: int, fc_dim: int, num_fc: int, out_dim: int):
+    def __init__(self, in_channels: int, in_resolution: int, conv_dim: int, fc_dim: int, num_fc: int, out_dim: int,
+                 normalize_features: bool = False):
         super().__init__()
+        self.normalize_features = normalize_features
         if in_resolution % 2 != 0:
             raise ValueError(f"in_resolution must be even (2x2 stride-2 conv), got {in_resolution}")
         layers: list[nn.Module] = []
@@ -89,7 +100,9 @@ class ConvFCHead(nn.Module):
     def forward(self, roi_features: Tensor) -> Tensor:
         """(R, C, S, S) -> (R, out_dim)."""
         x = self.convs(roi_features)
-        x = self.fcs(x.flatten(1))
+        x = self.fcs(x.flatten(1))  # (R, fc_dim)
+        if self.normalize_features:
+            x = F.normalize(x, dim=1)  # unit length: bounded effective LR of the outputs
         return self.prediction(x)
 
 

@@ -1,7 +1,6 @@
-"""Training logs: `metrics.jsonl` (one JSON object per line) and a loss-curve PNG.
-
-The PNG is drawn with PIL only (matplotlib is not a dependency): one polyline per loss
-term on a shared log-scale y axis, iterations on the x axis.
+"""Training logs: `metrics.jsonl` (one JSON object per line) and two curves drawn with
+matplotlib: `loss_curve.png` (every loss term, log scale) and `ap_curve.png` (box and mask
+AP of the evaluations against the iteration).
 """
 
 from __future__ import annotations
@@ -11,9 +10,7 @@ import math
 import os
 from typing import Any
 
-from PIL import Image, ImageDraw
-
-from pointsup.utils.io import atomic_save_png
+from pointsup.utils.io import atomic_save
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -45,55 +42,63 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
         f.flush()
 
 
-_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(figsize=(8, 4.5), dpi=100)
 
 
-def draw_loss_curve(records: list[dict[str, Any]], path: str, width: int = 900, height: int = 520) -> None:
-    """Plot every `loss*` / `total_loss` key of `records` against `iter` and save a PNG."""
+def _save(plt, fig, path: str) -> None:
+    fig.tight_layout()
+    try:
+        atomic_save(path, lambda tmp_path: fig.savefig(tmp_path, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def draw_loss_curve(records: list[dict[str, Any]], path: str) -> None:
+    """Plot every `loss*` / `total_loss` key of `records` against `iter` (log y) into a PNG."""
     records = [r for r in records if "iter" in r and "total_loss" in r]
     names = ["total_loss"] + sorted({k for r in records for k in r if k.startswith("loss")})
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 70, width - 190, 20, height - 50  # plot area in pixels
+    plt, (fig, ax) = _figure()
+    plotted = False
+    for name in names:
+        xy = [(r["iter"], r[name]) for r in records if name in r and r[name] > 0 and math.isfinite(r[name])]
+        if xy:
+            ax.plot(*zip(*xy), label=name, linewidth=2.5 if name == "total_loss" else 1, marker="." if len(xy) == 1 else None)
+            plotted = True
+    if plotted:
+        ax.set_yscale("log")
+        ax.legend(fontsize=8, loc="upper right")
+    else:
+        ax.text(0.5, 0.5, "no finite losses logged", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (log scale)")
+    ax.grid(alpha=0.3)
+    _save(plt, fig, path)
 
-    points = [(r["iter"], r[k]) for r in records for k in names if k in r and r[k] > 0 and math.isfinite(r[k])]
-    if not points:
-        draw.text((left, top), "no finite losses logged", fill="black")
-        atomic_save_png(path, image)
-        return
-    x_min, x_max = min(p[0] for p in points), max(p[0] for p in points)
-    y_min, y_max = math.log10(min(p[1] for p in points)), math.log10(max(p[1] for p in points))
-    x_max, y_max = max(x_max, x_min + 1), max(y_max, y_min + 1e-3)
 
-    def to_px(it: float, value: float) -> tuple[float, float]:
-        x = left + (it - x_min) / (x_max - x_min) * (right - left)
-        y = bottom - (math.log10(value) - y_min) / (y_max - y_min) * (bottom - top)
-        return x, y
+def ap_records(records: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """(iteration, metrics) of the evaluation records in `records` (they carry "bbox")."""
+    return [(r["iter"], r) for r in records if "iter" in r and isinstance(r.get("bbox"), dict)]
 
-    # Axes; x ticks at (up to) 5 whole iterations, y ticks at 1, 2, 5 x 10^d inside the range.
-    draw.rectangle([left, top, right, bottom], outline="black")
-    for it in sorted({round(x_min + (x_max - x_min) * i / 4) for i in range(5)}):
-        x, _ = to_px(it, 10**y_min)
-        draw.line([x, bottom, x, bottom + 5], fill="black")
-        draw.text((x - 15, bottom + 8), str(it), fill="black")
-    y_ticks = [m * 10.0**d for d in range(math.floor(y_min), math.ceil(y_max) + 1) for m in (1, 2, 5)
-               if y_min - 1e-9 <= math.log10(m * 10.0**d) <= y_max + 1e-9]
-    for value in y_ticks if len(y_ticks) >= 2 else [10**y_min, 10**y_max]:
-        _, y = to_px(x_min, value)
-        draw.line([left - 5, y, right, y], fill=(220, 220, 220))
-        draw.text((5, y - 6), f"{value:.3g}", fill="black")
-    draw.text(((left + right) // 2 - 20, height - 22), "iteration", fill="black")
-    draw.text((left + 5, top + 3), "loss (log scale)", fill="black")
 
-    for i, name in enumerate(names):
-        color = _COLORS[i % len(_COLORS)]
-        xy = [to_px(r["iter"], r[name]) for r in records if name in r and r[name] > 0 and math.isfinite(r[name])]
-        if len(xy) > 1:
-            draw.line(xy, fill=color, width=3 if name == "total_loss" else 1)
-        elif xy:
-            x, y = xy[0]
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
-        draw.line([right + 10, top + 8 + 16 * i, right + 30, top + 8 + 16 * i], fill=color, width=3)
-        draw.text((right + 35, top + 2 + 16 * i), name, fill="black")
-    atomic_save_png(path, image)
+def draw_ap_curve(records: list[dict[str, Any]], path: str) -> None:
+    """Box and mask AP of each evaluation record against its iteration, into a PNG."""
+    evals = ap_records(records)
+    plt, (fig, ax) = _figure()
+    for task, label in (("segm", "mask AP"), ("bbox", "box AP")):
+        xy = [(it, r[task]["AP"]) for it, r in evals if isinstance(r.get(task), dict) and r[task].get("AP") is not None]
+        if xy:
+            ax.plot(*zip(*xy), marker="o", label=label)
+    if evals:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no evaluation yet", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("AP (%)")
+    ax.grid(alpha=0.3)
+    _save(plt, fig, path)

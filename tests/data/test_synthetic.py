@@ -3,11 +3,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
 from pointsup.data.coco import CocoInstanceDataset, decode_segmentation
-from pointsup.data.synthetic import CLASS_NAMES, generate_synthetic_dataset, main
+from pointsup.data.synthetic import CLASS_NAMES, DEFAULT_NUM_CLASSES, generate_synthetic_dataset, main
 
 
 def test_deterministic_per_seed(synthetic_paths, tmp_path):
@@ -24,7 +25,7 @@ def test_deterministic_per_seed(synthetic_paths, tmp_path):
 
 def test_annotations_are_consistent_and_cover_several_categories(synthetic_paths):
     coco = json.load(open(synthetic_paths["train_json"]))
-    assert [c["name"] for c in coco["categories"]] == CLASS_NAMES
+    assert [c["name"] for c in coco["categories"]] == CLASS_NAMES[:DEFAULT_NUM_CLASSES]
     assert len({a["category_id"] for a in coco["annotations"]}) >= 4
     per_image = np.bincount([a["image_id"] for a in coco["annotations"]], minlength=17)[1:]
     assert per_image.max() <= 6 and per_image.mean() > 1.5
@@ -58,3 +59,26 @@ def test_cli(tmp_path, capsys):
     main(["--out", str(tmp_path), "--num-train", "2", "--num-val", "1", "--seed", "3", "--image-size", "48"])
     assert (tmp_path / "train.json").exists() and (tmp_path / "val.json").exists()
     assert len(os.listdir(tmp_path / "images")) == 3
+
+
+@pytest.mark.parametrize("background", ["flat", "clutter"])
+def test_synthetic_variants(tmp_path, background):
+    paths = generate_synthetic_dataset(str(tmp_path), num_train=24, num_val=0, image_size=96, seed=2,
+                                       max_objects=10, num_classes=8, background=background)
+    coco = json.load(open(paths["train_json"]))
+    assert [c["name"] for c in coco["categories"]] == CLASS_NAMES[:8]
+    per_image = {}
+    for ann in coco["annotations"]:
+        per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
+    assert max(per_image.values()) <= 10
+    assert max(per_image.values()) > 6  # more than the default's 6 objects do occur
+    assert {a["category_id"] for a in coco["annotations"]} - {1, 2, 3, 4, 5}  # the extra shapes appear
+    image = np.asarray(Image.open(os.path.join(paths["image_dir"], coco["images"][0]["file_name"])))
+    assert image.shape == (96, 96, 3)
+
+
+def test_synthetic_variant_errors(tmp_path):
+    with pytest.raises(ValueError, match="num_classes"):
+        generate_synthetic_dataset(str(tmp_path), 1, 0, 64, num_classes=9)
+    with pytest.raises(ValueError, match="background"):
+        generate_synthetic_dataset(str(tmp_path), 1, 0, 64, background="photo")

@@ -135,11 +135,13 @@ def test_implicit_pointrend_no_rois_train_and_eval(supervision):
 def test_implicit_pointrend_fits_points_with_sgd():
     # The trainer's optimizer (SGD, lr 0.02). With the reference's near-zero generated MLPs
     # (init_params_as_mlp=False) this stalls at the label prior after learning output biases.
+    # 60 steps: with unit-length parameter-head features (params_feature_norm) the generated
+    # MLP trains at ~lr instead of ~lr * |h|^2, so it needs ~45 steps here instead of ~15.
     features, boxes, classes, targets, matched = make_batch()
     head = build_implicit_pointrend_head(small_cfg("points"), K, C, {"p2": STRIDE}).train()
     opt = torch.optim.SGD(head.parameters(), lr=0.02, momentum=0.9)
     first = None
-    for _ in range(30):
+    for _ in range(60):
         loss = head(features, boxes, classes, targets, matched)["loss_mask_point"]
         first = first if first is not None else loss.item()
         opt.zero_grad()
@@ -181,3 +183,32 @@ def test_implicit_pointrend_in_build_rcnn_train_step_and_inference():
     with torch.no_grad():
         out = model(images, [(64, 64)] * 2)
     assert len(out) == 2 and out[0]["pred_masks"].shape == (5, 64, 64)
+
+
+@pytest.mark.parametrize("feature_norm", [True, False])
+def test_generated_params_step_is_bounded_by_feature_norm(feature_norm):
+    """One SGD step on the parameter head's output layer moves RoI r's generated parameters
+    by -lr * sum_s g_s (h_s . h_r + 1): with raw features that grows as |h|^2 (the cause of
+    Implicit PointRend's divergence); with params_feature_norm it does not depend on |h|."""
+    from pointsup.models.pointrend import ConvFCHead
+
+    def param_step(input_scale: float) -> float:
+        torch.manual_seed(0)
+        head = ConvFCHead(in_channels=8, in_resolution=4, conv_dim=8, fc_dim=16, num_fc=1, out_dim=32,
+                          normalize_features=feature_norm)
+        roi_features = torch.rand(6, 8, 4, 4) * input_scale
+        for p in list(head.convs.parameters()) + list(head.fcs.parameters()):
+            p.requires_grad_(False)  # only the output layer steps, as in the formula
+        before = head(roi_features)
+        before.sum().backward()  # g_s = 1 for every output
+        with torch.no_grad():
+            for p in head.prediction.parameters():
+                p -= 0.01 * p.grad
+            return (head(roi_features) - before).abs().max().item()
+
+    small, large = param_step(1.0), param_step(100.0)
+    if feature_norm:
+        assert large == pytest.approx(small, rel=1e-3)
+        assert large <= 0.01 * 6 * 2 * 1.0001  # |h_s . h_r + 1| <= 2 for the 6 RoIs
+    else:
+        assert large > 1000 * small  # |h|^2 grew 10^4 times

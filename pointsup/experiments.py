@@ -1,0 +1,636 @@
+"""The paper's studies on any COCO-format data set: N seeds, mean ± std, a markdown report, plots.
+
+    python -m pointsup.experiments --study supervision num_points --seeds 3 --report docs/experiments
+
+Every run is one `python -m pointsup.train` in its own folder under `--out`
+(`<out>/<study>/<run>/seed<k>/`); the harness only prepares the data files, launches
+runs (`--jobs` at a time, one thread each), and reads their `metrics.json`. A run whose
+`metrics.json` says it finished is read, not retrained, so an interrupted harness resumes
+where it stopped and a report can be regenerated at no cost. A run that fails (e.g. a
+non-finite loss) is reported as failed with the last line of its log.
+
+Data: the built-in synthetic data set by default (optionally a variant, `--synthetic-*`),
+or any COCO JSON with masks (`--train-json --train-images --val-json --val-images`). The
+harness simulates the point annotations itself from the training masks with
+`pointsup.data.simulate_points` (paper sec. 3.1), so every study sees the same protocol.
+
+Studies (paper section in brackets), each run with `--seeds` training seeds:
+  supervision   masks vs P10 for Mask R-CNN (with and without point aug), PointRend,
+                Implicit PointRend and CondInst (P10 with point aug) [Tab. 2, 7]
+  num_points    Mask R-CNN with P1, P3, P5, P10, P20 [Fig. 3]
+  noise         P10 with 5% / 10% of labels flipped, at random or nearest the boundary [3.3.1]
+  point_seeds   Mask R-CNN on 3 independently simulated P10 sets (training seed 0) [3.3.1]
+  point_aug_k   Mask R-CNN P10 keeping 1, 3, 5, 7, 9 of the 10 points per iteration [App. B]
+  self_training P10 model -> pseudo masks inside the GT boxes -> retrain on them [3.3.2]
+  budget        AP against annotation hours: 10/25/50/100% of the images with masks, P10,
+                boxes only (BoxInst) [Fig. 5], at the paper's per-instance times
+  schedule      mask AP against iteration, masks vs P10, over a 2x longer schedule [App. B]
+
+Scale: `--iters` optimizer steps per run (LR steps at 75% / 90%, batch and LR from the
+model's config); the synthetic configs' small R18-FPN models. At full COCO scale, run the
+same configs with torchrun instead (README, "Reproducing the paper").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from pointsup.utils.io import atomic_write_json, atomic_write_text
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic")
+
+# Paper Table 6 / appendix C: seconds per instance. Every form needs the object spotted and
+# categorised (28.8 s + 14.4 s); a box adds 7 s, a polygon mask 79.2 s (no box needed), and
+# each point 0.9 s on top of the box.
+SPOT_AND_CATEGORISE_S = 28.8 + 14.4
+BOX_S, MASK_S, POINT_S = 7.0, 79.2, 0.9
+
+
+def seconds_per_instance(form: str, num_points: int = 10) -> float:
+    """Annotation time of one instance: form "masks", "points" (P_N) or "boxes"."""
+    if form == "masks":
+        return SPOT_AND_CATEGORISE_S + MASK_S
+    if form == "points":
+        return SPOT_AND_CATEGORISE_S + BOX_S + num_points * POINT_S
+    if form == "boxes":
+        return SPOT_AND_CATEGORISE_S + BOX_S
+    raise ValueError(f"unknown annotation form {form!r}")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def fmt(mean: float, std: float, digits: int = 1) -> str:
+    return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------
+# Runs and their execution
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One training run: a config, overrides and a seed; optional commands to run first
+    (e.g. pseudo-labelling) and runs that must have finished before it starts."""
+
+    study: str
+    label: str  # row of the report, e.g. "Mask R-CNN P10"
+    config: str
+    overrides: list[str]
+    seed: int
+    x: float | None = None  # the study's x axis (number of points, hours, ...)
+    group: str = ""  # series in a plot (e.g. "masks" / "P10")
+    before: list[list[str]] = field(default_factory=list)  # commands run before training
+    depends: list["Run"] = field(default_factory=list)
+    folder: str = ""
+
+    def key(self) -> str:
+        return os.path.join(self.study, self.label.replace(" ", "_").replace("%", "pct").replace("/", "-"), f"seed{self.seed}")
+
+
+def run_finished(run: Run) -> dict | None:
+    """The run's final metrics if it finished (metrics.json with its iteration), else None."""
+    path = os.path.join(run.folder, "metrics.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        metrics = json.load(f)
+    return metrics if "iteration" in metrics else None
+
+
+def read_status(run: Run) -> dict:
+    path = os.path.join(run.folder, "harness.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+def execute(run: Run, futures: dict[str, Any], threads: int) -> dict:
+    """Train `run` unless it already finished; returns {"ok", "wall_s", "error"}."""
+    for dep in run.depends:
+        if not futures[dep.key()].result()["ok"]:
+            return {"ok": False, "wall_s": 0.0, "error": f"depends on failed run {dep.key()}"}
+    if run_finished(run):
+        status = read_status(run)
+        return {"ok": True, "wall_s": status.get("wall_s", math.nan), "error": "", "cached": True}
+    os.makedirs(run.folder, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    log_path = os.path.join(run.folder, "log.txt")
+    train = [sys.executable, "-m", "pointsup.train", "--config", run.config, "--resume", "--set",
+             *run.overrides, f"seed={run.seed}", f"output_dir={run.folder}"]
+    with open(log_path, "a") as log:
+        for command in run.before + [train]:
+            log.write("$ " + " ".join(command) + "\n")
+            log.flush()
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            if code != 0:
+                break
+    wall = time.perf_counter() - start
+    ok = code == 0 and run_finished(run) is not None
+    error = "" if ok else last_error_line(log_path)
+    status = {"ok": ok, "wall_s": wall, "error": error, "returncode": code}
+    atomic_write_json(os.path.join(run.folder, "harness.json"), status)
+    print(f"[experiments] {'done' if ok else 'FAILED'} {run.key()} in {wall:.0f} s {error}", flush=True)
+    return status
+
+
+def last_error_line(log_path: str) -> str:
+    with open(log_path, errors="replace") as f:
+        lines = [l.strip() for l in f.read().replace("\r", "\n").split("\n") if l.strip()]
+    errors = [l for l in lines if "Error" in l or "error" in l]
+    return (errors or lines or [""])[-1][:300]
+
+
+def run_all(runs: list[Run], jobs: int, threads: int) -> dict[str, dict]:
+    """Execute runs `jobs` at a time (dependencies first: they are listed earlier)."""
+    futures: dict[str, Any] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for run in runs:
+            futures[run.key()] = pool.submit(execute, run, futures, threads)
+        return {key: future.result() for key, future in futures.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Data: the training masks, simulated point files, image subsets
+# ---------------------------------------------------------------------------------------
+
+class Data:
+    """Paths of one data set plus cached derived training files under `<out>/data/`."""
+
+    def __init__(self, name: str, train_json: str, train_images: str, val_json: str, val_images: str, out: str):
+        self.name, self.train_json, self.train_images = name, train_json, train_images
+        self.val_json, self.val_images = val_json, val_images
+        self.folder = os.path.join(out, "data")
+
+    def overrides(self, train_json: str) -> list[str]:
+        return [f"data.train_json={train_json}", f"data.train_images={self.train_images}",
+                f"data.val_json={self.val_json}", f"data.val_images={self.val_images}"]
+
+    def _cached(self, name: str, make: Callable[[], dict]) -> str:
+        path = os.path.join(self.folder, name)
+        if not os.path.exists(path):
+            atomic_write_json(path, make())
+        return path
+
+    def _load(self, path: str) -> dict:
+        with open(path) as f:
+            return json.load(f)
+
+    def subset(self, fraction: float) -> str:
+        """The masks JSON restricted to a fixed random `fraction` of its images (seed 0)."""
+        if fraction >= 1.0:
+            return self.train_json
+
+        def make() -> dict:
+            coco = self._load(self.train_json)
+            order = np.random.default_rng(0).permutation(len(coco["images"]))
+            keep = {coco["images"][i]["id"] for i in order[: max(1, round(fraction * len(order)))]}
+            return {**coco, "images": [im for im in coco["images"] if im["id"] in keep],
+                    "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
+
+        return self._cached(f"train_frac{fraction:g}.json", make)
+
+    def points(self, num_points: int, seed: int = 0, noise_fraction: float = 0.0, noise_mode: str = "random",
+               fraction: float = 1.0) -> str:
+        """P_N points simulated from the training masks (masks dropped), cached by parameters."""
+        from pointsup.data.simulate_points import simulate_points
+
+        source = self.subset(fraction)
+        name = f"train_p{num_points}_seed{seed}" + (f"_noise{noise_fraction:g}_{noise_mode}" if noise_fraction else "")
+        name += f"_frac{fraction:g}" if fraction < 1.0 else ""
+        return self._cached(name + ".json", lambda: simulate_points(
+            self._load(source), num_points, seed, noise_fraction, noise_mode, keep_masks=False, source=source, progress=False))
+
+    def num_instances(self, json_path: str) -> int:
+        return sum(1 for a in self._load(json_path)["annotations"] if not a.get("iscrowd", 0))
+
+
+def builtin_data(args: argparse.Namespace) -> Data:
+    """The built-in synthetic data set (or a variant of it), generated once."""
+    from pointsup.config import DataConfig
+    from pointsup.data.synthetic import generate_synthetic_dataset
+    from pointsup.train import synthetic_folder_name
+
+    data = DataConfig(synthetic_max_objects=args.synthetic_max_objects, synthetic_num_classes=args.synthetic_num_classes,
+                      synthetic_background=args.synthetic_background, synthetic_image_size=args.synthetic_image_size)
+    root = os.path.join(data.synthetic_dir, synthetic_folder_name(data))
+    if not os.path.exists(os.path.join(root, "val.json")):
+        generate_synthetic_dataset(root, data.synthetic_num_train, data.synthetic_num_val, data.synthetic_image_size,
+                                   seed=0, max_objects=data.synthetic_max_objects, num_classes=data.synthetic_num_classes,
+                                   background=data.synthetic_background)
+    images = os.path.join(root, "images")
+    return Data(f"built-in synthetic ({synthetic_folder_name(data)})", os.path.join(root, "train.json"), images,
+                os.path.join(root, "val.json"), images, args.out)
+
+
+# ---------------------------------------------------------------------------------------
+# Studies: each returns its runs (for all seeds)
+# ---------------------------------------------------------------------------------------
+
+MODELS = {  # label -> config stem under configs/synthetic
+    "Mask R-CNN": "mask_rcnn", "PointRend": "pointrend", "Implicit PointRend": "implicit_pointrend", "CondInst": "condinst",
+}
+
+
+class Planner:
+    """Builds the runs of each study with the shared scale overrides."""
+
+    def __init__(self, data: Data, args: argparse.Namespace):
+        self.data, self.args = data, args
+
+    def scale(self, iters: int) -> list[str]:
+        steps = sorted({max(1, int(iters * 0.75)), max(1, int(iters * 0.9))})
+        warmup = min(100, iters // 4)
+        return [f"solver.max_iter={iters}", f"solver.steps={steps}", f"solver.warmup_iters={warmup}",
+                "checkpoint_period=0", "num_vis=0", f"data.num_workers={self.args.num_workers}"]
+
+    def run(self, study: str, label: str, config: str, train_json: str, seed: int, extra: list[str] = (),
+            iters: int | None = None, **kwargs) -> Run:
+        run = Run(study, label, os.path.join(CONFIGS, config + ".yaml"),
+                  self.data.overrides(train_json) + self.scale(iters or self.args.iters) + list(extra), seed, **kwargs)
+        run.folder = os.path.join(self.args.out, run.key())
+        return run
+
+    def seeds(self) -> range:
+        return range(self.args.seeds)
+
+    def supervision(self) -> list[Runs]:
+        p10, masks = self.data.points(10), self.data.train_json
+        runs = []
+        for seed in self.seeds():
+            for model, stem in MODELS.items():
+                runs.append(self.run("supervision", f"{model} masks", f"{stem}_masks", masks, seed, group="masks"))
+                if stem == "mask_rcnn":  # the paper reports Mask R-CNN both ways
+                    runs.append(self.run("supervision", f"{model} P10", f"{stem}_P10", p10, seed, group="P10"))
+                runs.append(self.run("supervision", f"{model} P10+aug", f"{stem}_P10_point_aug", p10, seed, group="P10+aug"))
+        return runs
+
+    def num_points(self) -> list[Run]:
+        return [self.run("num_points", f"P{n}", "mask_rcnn_P10", self.data.points(n), seed, x=n, group="Mask R-CNN")
+                for seed in self.seeds() for n in (1, 3, 5, 10, 20)]
+
+    def noise(self) -> list[Run]:
+        runs = []
+        for seed in self.seeds():
+            runs.append(self.run("noise", "P10 clean", "mask_rcnn_P10", self.data.points(10), seed, x=0, group="clean"))
+            for mode in ("random", "boundary"):
+                for fraction in (0.05, 0.10):
+                    runs.append(self.run("noise", f"P10 {fraction:.0%} {mode}", "mask_rcnn_P10",
+                                         self.data.points(10, 0, fraction, mode), seed, x=fraction * 100, group=mode))
+        return runs
+
+    def point_seeds(self) -> list[Run]:
+        return [self.run("point_seeds", f"P10 point set {s}", "mask_rcnn_P10", self.data.points(10, seed=s), 0, x=s)
+                for s in range(max(3, self.args.seeds))]
+
+    def point_aug_k(self) -> list[Run]:
+        p10 = self.data.points(10)
+        runs = []
+        for seed in self.seeds():
+            for k in (1, 3, 5, 7, 9):
+                runs.append(self.run("point_aug_k", f"keep {k} of 10", "mask_rcnn_P10_point_aug", p10, seed,
+                                     [f"data.point_aug_num={k}"], x=k))
+            runs.append(self.run("point_aug_k", "keep 10 of 10 (no aug)", "mask_rcnn_P10", p10, seed, x=10))
+        return runs
+
+    def self_training(self) -> list[Run]:
+        p10 = self.data.points(10)
+        runs = []
+        for seed in self.seeds():
+            teacher = self.run("self_training", "P10", "mask_rcnn_P10", p10, seed, group="P10")
+            pseudo = os.path.join(self.args.out, "self_training", f"pseudo_masks_seed{seed}.json")
+            label = [sys.executable, "-m", "pointsup.self_training", "--config", os.path.join(teacher.folder, "config.yaml"),
+                     "--weights", os.path.join(teacher.folder, "model_final.pth"), "--input", self.data.train_json,
+                     "--images", self.data.train_images, "--output", pseudo]
+            student = self.run("self_training", "P10 -> pseudo masks", "mask_rcnn_masks", pseudo, seed,
+                               group="self-trained", before=[label], depends=[teacher])
+            runs += [teacher, student]
+        return runs
+
+    def budget(self) -> list[Run]:
+        runs = []
+        for seed in self.seeds():
+            for fraction in (0.1, 0.25, 0.5, 1.0):
+                masks, p10 = self.data.subset(fraction), self.data.points(10, fraction=fraction)
+                count = self.data.num_instances(masks)
+                pct = f"{fraction:.0%}"
+                for form, label, config, train_json in (("masks", "masks", "mask_rcnn_masks", masks),
+                                                        ("points", "P10", "mask_rcnn_P10", p10),
+                                                        ("boxes", "boxes (BoxInst)", "condinst_boxinst", p10)):
+                    hours = count * seconds_per_instance(form) / 3600
+                    runs.append(self.run("budget", f"{label} {pct}", config, train_json, seed, x=hours, group=label))
+        return runs
+
+    def schedule(self) -> list[Run]:
+        iters = 2 * self.args.iters
+        extra = [f"eval_period={max(1, iters // 8)}", "eval_num_images=0"]
+        return [self.run("schedule", label, config, train_json, seed, extra, iters=iters, group=label)
+                for seed in self.seeds()
+                for label, config, train_json in (("masks", "mask_rcnn_masks", self.data.train_json),
+                                                  ("P10", "mask_rcnn_P10", self.data.points(10)))]
+
+
+Runs = Run  # readability alias in annotations
+STUDIES = ("supervision", "num_points", "noise", "point_seeds", "point_aug_k", "self_training", "budget", "schedule")
+
+
+# ---------------------------------------------------------------------------------------
+# Results, report, plots
+# ---------------------------------------------------------------------------------------
+
+def summarize(runs: list[Run], statuses: dict[str, dict]) -> list[dict]:
+    """One row per label: AP statistics over the seeds that finished, failures listed."""
+    rows: dict[str, dict] = {}
+    for run in runs:
+        row = rows.setdefault(run.label, {"label": run.label, "x": run.x, "group": run.group, "segm": [], "bbox": [],
+                                          "AP50": [], "AP75": [], "seeds": [], "failed": [], "wall_s": 0.0})
+        status = statuses.get(run.key(), {})
+        metrics = run_finished(run)
+        if metrics is None:
+            row["failed"].append(f"seed {run.seed}: {status.get('error', 'not run')}")
+            continue
+        segm = metrics.get("segm", {})
+        row["segm"].append(segm.get("AP", math.nan))
+        row["AP50"].append(segm.get("AP50", math.nan))
+        row["AP75"].append(segm.get("AP75", math.nan))
+        row["bbox"].append(metrics["bbox"]["AP"])
+        row["seeds"].append(run.seed)
+        wall = status.get("wall_s", math.nan)
+        row["wall_s"] += 0.0 if wall is None or math.isnan(wall) else wall
+    return list(rows.values())
+
+
+def ratio(rows: dict[str, dict], num: str, den: str) -> str:
+    """Mean ratio of mask AP num/den, with the std of per-seed ratios (seeds paired)."""
+    a, b = rows.get(num), rows.get(den)
+    if not a or not b or not a["segm"] or not b["segm"]:
+        return "n/a"
+    pairs = [(x, y) for sx, x in zip(a["seeds"], a["segm"]) for sy, y in zip(b["seeds"], b["segm"]) if sx == sy and y > 0]
+    mean, std = mean_std([x / y for x, y in pairs])
+    return f"{mean:.2f} ± {std:.2f}" if pairs else "n/a"
+
+
+def table(rows: list[dict], reference: Callable[[dict], str | None] = lambda r: None) -> list[str]:
+    lines = ["| run | mask AP | AP50 | AP75 | box AP | ratio | seeds | failed |", "|---|---|---|---|---|---|---|---|"]
+    by_label = {r["label"]: r for r in rows}
+    for r in rows:
+        ref = reference(r)
+        lines.append(
+            f"| {r['label']} | {fmt(*mean_std(r['segm']))} | {fmt(*mean_std(r['AP50']))} | {fmt(*mean_std(r['AP75']))} "
+            f"| {fmt(*mean_std(r['bbox']))} | {ratio(by_label, r['label'], ref) if ref else ''} | {len(r['seeds'])} "
+            f"| {'; '.join(r['failed'])} |")
+    return lines
+
+
+def claims(study: str, rows: list[dict]) -> list[str]:
+    """The paper's claims for `study` checked against the measured rows."""
+    by = {r["label"]: r for r in rows}
+    ap = {k: mean_std(r["segm"]) for k, r in by.items()}
+    out = []
+
+    def check(text: str, ok: bool | None) -> None:
+        out.append(f"- {text}: **{'met' if ok else 'not met' if ok is not None else 'n/a'}**")
+
+    if study == "supervision":
+        for model in MODELS:
+            p10 = "P10" if model == "Mask R-CNN" else "P10+aug"
+            target = 0.94 if model == "Mask R-CNN" else 0.90
+            r = ratio(by, f"{model} {p10}", f"{model} masks")
+            value = float(r.split()[0]) if r != "n/a" else None
+            check(f"{model} {p10} / masks = {r} (paper 0.94-0.98; target ≥ {target})", None if value is None else value >= target)
+        ipr, pr = ap.get("Implicit PointRend P10+aug"), ap.get("PointRend P10+aug")
+        if ipr and pr:
+            diff = ipr[0] - pr[0]
+            check(f"Implicit PointRend P10+aug − PointRend P10+aug = {diff:+.1f} AP (paper +1.2; must exceed the larger std "
+                  f"{max(ipr[1], pr[1]):.1f})", diff > max(ipr[1], pr[1]))
+    elif study == "num_points" and all(f"P{n}" in ap for n in (5, 10, 20)):
+        p5, p10, p20 = (ap[f"P{n}"][0] for n in (5, 10, 20))
+        check(f"P5 {p5:.1f} < P10 {p10:.1f} < P20 {p20:.1f} and P20 − P10 ({p20 - p10:+.1f}) < P10 − P5 ({p10 - p5:+.1f})",
+              p5 < p10 < p20 and p20 - p10 < p10 - p5)
+    elif study == "noise" and "P10 clean" in ap:
+        clean = ap["P10 clean"][0]
+        random_drop = clean - ap.get("P10 5% random", (math.nan,))[0]
+        boundary_drop = clean - ap.get("P10 5% boundary", (math.nan,))[0]
+        check(f"5% noise drops: random {random_drop:.1f} AP, boundary {boundary_drop:.1f} AP (paper 0.2 / 0.4; "
+              f"target both < 2 and boundary ≥ random)", random_drop < 2 and boundary_drop < 2 and boundary_drop >= random_drop)
+    elif study == "self_training" and "P10" in ap and "P10 -> pseudo masks" in ap:
+        (m0, s0), (m1, s1) = ap["P10"], ap["P10 -> pseudo masks"]
+        gain = m1 - m0
+        within = abs(gain) <= max(s0, s1)
+        out.append(f"- self-training gain {gain:+.1f} AP (stds {s0:.1f} / {s1:.1f}; paper +0.6)"
+                   + (": **within noise**" if within else ""))
+    elif study == "point_seeds" and by:
+        values = [v for r in rows for v in r["segm"]]
+        mean, std = mean_std(values)
+        out.append(f"- mask AP over {len(values)} simulated point sets: {fmt(mean, std, 2)} "
+                   f"(paper: 0.1 AP variation on COCO)")
+    return out
+
+
+def plot(study: str, rows: list[dict], path: str) -> bool:
+    """The study's figure (PNG); False when the study has none or nothing finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["segm"]]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if study == "supervision":
+        labels = [r["label"] for r in rows]
+        stats = [mean_std(r["segm"]) for r in rows]
+        colors = {"masks": "tab:blue", "P10": "tab:orange", "P10+aug": "tab:green"}
+        ax.bar(range(len(rows)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
+               color=[colors.get(r["group"], "gray") for r in rows])
+        ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("mask AP (mean ± std over seeds)")
+    elif study == "schedule":
+        for group in dict.fromkeys(r["group"] for r in rows):
+            curve = schedule_curve([r for r in rows if r["group"] == group][0])
+            if curve:
+                its = sorted(curve)
+                stats = [mean_std(curve[i]) for i in its]
+                ax.errorbar(its, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=group)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("mask AP")
+        ax.legend()
+    elif all(r["x"] is not None for r in rows):
+        for group in dict.fromkeys(r["group"] for r in rows):
+            series = sorted((r for r in rows if r["group"] == group), key=lambda r: r["x"])
+            stats = [mean_std(r["segm"]) for r in series]
+            ax.errorbar([r["x"] for r in series], [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
+                        capsize=3, label=group or None)
+        ax.set_xlabel({"num_points": "points per object (N)", "noise": "labels flipped (%)",
+                       "point_aug_k": "points kept per box and iteration", "budget": "annotation time (hours)",
+                       "point_seeds": "simulated point set"}.get(study, "x"))
+        if study == "budget":
+            ax.set_xscale("log")
+        ax.set_ylabel("mask AP (mean ± std)")
+        if any(r["group"] for r in rows):
+            ax.legend()
+    else:
+        plt.close(fig)
+        return False
+    ax.grid(alpha=0.3)
+    ax.set_title(study)
+    fig.tight_layout()
+    from pointsup.utils.io import atomic_save
+
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return True
+
+
+_SCHEDULE_CURVES: dict[str, dict[int, list[float]]] = {}
+
+
+def schedule_curve(row: dict) -> dict[int, list[float]]:
+    return _SCHEDULE_CURVES.get(row["label"], {})
+
+
+def collect_curves(runs: list[Run]) -> None:
+    """Mask AP of every evaluation logged in each run's metrics.jsonl, by label and iteration."""
+    from pointsup.utils.logging import ap_records, read_jsonl
+
+    for run in runs:
+        if run_finished(run) is None:
+            continue
+        curve = _SCHEDULE_CURVES.setdefault(run.label, {})
+        for it, record in ap_records(read_jsonl(os.path.join(run.folder, "metrics.jsonl"))):
+            if isinstance(record.get("segm"), dict):
+                curve.setdefault(it, []).append(record["segm"]["AP"])
+
+
+def git_commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return (sha + (" (with uncommitted changes)" if dirty else "")) or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict], data: Data,
+                 args: argparse.Namespace, command: str, wall_s: float) -> str:
+    """Markdown report (+ one PNG per study beside it); returns the markdown text."""
+    folder = os.path.dirname(os.path.abspath(path))
+    lines = ["# pointsup experiments", "",
+             f"- command: `{command}`", f"- commit: {git_commit()}", f"- data: {data.name}",
+             f"  (train {data.train_json}, val {data.val_json})",
+             f"- seeds: {args.seeds} (training seeds 0..{args.seeds - 1}); mean ± sample std (ddof 1) over seeds",
+             f"- scale: {args.iters} iterations per run (2x for `schedule`), LR steps at 75% / 90%, "
+             f"configs/synthetic models; {args.jobs} runs at a time, {args.threads} thread(s) each",
+             f"- harness wall time this invocation: {wall_s / 60:.1f} min (finished runs are read, not retrained)", ""]
+    for study, runs in plan.items():
+        rows = summarize(runs, statuses)
+        if study == "schedule":
+            collect_curves(runs)
+        reference = {
+            "supervision": lambda r: r["label"].rsplit(" ", 1)[0] + " masks" if r["group"] != "masks" else None,
+            "self_training": lambda r: "P10" if r["group"] != "P10" else None,
+            "noise": lambda r: "P10 clean" if r["group"] != "clean" else None,
+            "num_points": lambda r: "P10" if r["label"] != "P10" else None,
+        }.get(study, lambda r: None)
+        total_wall = sum(r["wall_s"] for r in rows)
+        lines += [f"## {study}", "", f"Summed run time {total_wall / 60:.0f} min. Ratio: mask AP of the row over "
+                  "its reference row, per seed (seeds paired), mean ± std.", ""]
+        lines += table(rows, reference)
+        lines += [""] + claims(study, rows)
+        if study == "budget":
+            lines += ["", "x = annotation hours of each training subset at the paper's per-instance times: masks "
+                      f"{seconds_per_instance('masks'):.1f} s, P10 {seconds_per_instance('points'):.1f} s, boxes "
+                      f"{seconds_per_instance('boxes'):.1f} s (Table 6)."]
+        png = f"{study}.png"
+        if plot(study, rows, os.path.join(folder, png)):
+            lines += ["", f"![{study}]({png})"]
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(path, text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pointsup.experiments", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--study", nargs="+", default=["supervision"], choices=STUDIES + ("all",), help="studies to run")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per configuration")
+    parser.add_argument("--iters", type=int, default=500, help="optimizer steps per run (schedule: 2x)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--num-workers", type=int, default=1, help="data-loader workers per run")
+    parser.add_argument("--out", default="experiments", help="folder of the runs (and of derived data files)")
+    parser.add_argument("--report", default=None, help="folder for report.md and the plots (default: --out)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    group = parser.add_argument_group("data (default: the built-in synthetic data set)")
+    group.add_argument("--train-json", default="", help="COCO JSON with masks for training")
+    group.add_argument("--train-images", default="")
+    group.add_argument("--val-json", default="", help="COCO JSON with masks for evaluation")
+    group.add_argument("--val-images", default="")
+    group.add_argument("--synthetic-image-size", type=int, default=128)
+    group.add_argument("--synthetic-max-objects", type=int, default=6)
+    group.add_argument("--synthetic-num-classes", type=int, default=5)
+    group.add_argument("--synthetic-background", default="texture", choices=("texture", "flat", "clutter"))
+    args = parser.parse_args(argv)
+    if "all" in args.study:
+        args.study = list(STUDIES)
+    if args.seeds < 1 or args.iters < 1 or args.jobs < 1:
+        parser.error("--seeds, --iters and --jobs must be >= 1")
+    given = [args.train_json, args.train_images, args.val_json, args.val_images]
+    if any(given) and not all(given):
+        parser.error("--train-json, --train-images, --val-json and --val-images go together")
+    return args
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    if args.train_json:
+        data = Data(os.path.basename(args.train_json), args.train_json, args.train_images, args.val_json,
+                    args.val_images, args.out)
+    else:
+        data = builtin_data(args)
+    planner = Planner(data, args)
+    plan = {study: getattr(planner, study)() for study in args.study}
+    runs = [run for study_runs in plan.values() for run in study_runs]
+    print(f"[experiments] {len(runs)} runs in {', '.join(args.study)}; "
+          f"{sum(run_finished(r) is not None for r in runs)} already finished", flush=True)
+    if args.dry_run:
+        for run in runs:
+            print(run.key(), run.config, " ".join(run.overrides))
+        return ""
+    statuses = run_all(runs, args.jobs, args.threads)
+    command = "python -m pointsup.experiments " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = os.path.join(args.report or args.out, "report.md")
+    write_report(report, plan, statuses, data, args, command, time.perf_counter() - start)
+    print(f"[experiments] report: {report}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The experiment harness (pointsup/experiments.py) on tiny runs: report, resume, statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+
+import pytest
+
+from pointsup import experiments
+from pointsup.data.synthetic import generate_synthetic_dataset
+
+
+def test_mean_std_is_the_sample_std():
+    values = [20.0, 23.5, 21.25]
+    mean, std = experiments.mean_std(values)
+    assert mean == pytest.approx(statistics.mean(values))
+    assert std == pytest.approx(statistics.stdev(values))  # ddof = 1
+    assert experiments.mean_std([4.0]) == (4.0, 0.0)
+    assert all(math.isnan(v) for v in experiments.mean_std([]))
+
+
+def test_annotation_seconds_match_table_6():
+    # Paper Table 6: masks 122.4 s, P10 59.2 s, boxes 50.2 s per instance (spot + categorise 43.2 s).
+    assert experiments.seconds_per_instance("masks") == pytest.approx(122.4)
+    assert experiments.seconds_per_instance("points", 10) == pytest.approx(59.2)
+    assert experiments.seconds_per_instance("boxes") == pytest.approx(50.2)
+
+
+def _table_rows(report: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 8 and cells[0] not in ("run", "---"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_harness_runs_a_study_reports_mean_std_and_resumes(tmp_path, one_thread):
+    data = generate_synthetic_dataset(str(tmp_path / "data"), num_train=6, num_val=2, image_size=64, seed=0)
+    out = tmp_path / "runs"
+    argv = ["--study", "self_training", "--seeds", "2", "--iters", "2", "--jobs", "2", "--num-workers", "0",
+            "--out", str(out), "--train-json", data["train_json"], "--train-images", data["image_dir"],
+            "--val-json", data["val_json"], "--val-images", data["image_dir"]]
+    report_path = experiments.main(argv)
+    report = open(report_path).read()
+
+    # Every run finished, with its own folder, config and metrics.
+    folders = sorted(str(p.parent) for p in out.glob("self_training/*/seed*/metrics.json"))
+    assert len(folders) == 4
+    assert os.path.exists(out / "self_training" / "pseudo_masks_seed0.json")
+    pseudo = json.load(open(out / "self_training" / "pseudo_masks_seed1.json"))
+    assert all("segmentation" in a for a in pseudo["annotations"])  # the student trains on masks
+
+    # The table's mean ± std equal a hand computation over the runs' metrics.json.
+    rows = _table_rows(report)
+    assert set(rows) == {"P10", "P10 -> pseudo masks"}
+    for label, folder_name in (("P10", "P10"), ("P10 -> pseudo masks", "P10_->_pseudo_masks")):
+        values = [json.load(open(out / "self_training" / folder_name / f"seed{s}" / "metrics.json"))["segm"]["AP"]
+                  for s in (0, 1)]
+        mean, std = (float(v) for v in re.match(r"(\S+) ± (\S+)", rows[label][1]).groups())
+        assert mean == pytest.approx(statistics.mean(values), abs=0.051)
+        assert std == pytest.approx(statistics.stdev(values), abs=0.051)
+        assert rows[label][6] == "2"  # seeds
+    assert "commit:" in report and "seeds: 2" in report and "self-training gain" in report
+
+    # Resume: a second invocation reads the finished runs and trains nothing.
+    logs = {f: open(os.path.join(f, "log.txt")).read() for f in folders}
+    experiments.main(argv)
+    assert {f: open(os.path.join(f, "log.txt")).read() for f in folders} == logs
+
+    # A run whose metrics.json is gone is trained again, and only that one.
+    os.remove(os.path.join(folders[0], "metrics.json"))
+    experiments.main(argv)
+    assert os.path.exists(os.path.join(folders[0], "metrics.json"))
+    assert open(os.path.join(folders[0], "log.txt")).read() != logs[folders[0]]
+    assert all(open(os.path.join(f, "log.txt")).read() == logs[f] for f in folders[1:])
+
+
+def test_dry_run_lists_every_study(tmp_path, capsys):
+    data = generate_synthetic_dataset(str(tmp_path / "data"), num_train=6, num_val=2, image_size=64, seed=0)
+    experiments.main(["--study", "all", "--seeds", "2", "--dry-run", "--out", str(tmp_path / "runs"),
+                      "--train-json", data["train_json"], "--train-images", data["image_dir"],
+                      "--val-json", data["val_json"], "--val-images", data["image_dir"]])
+    printed = capsys.readouterr().out
+    for study in experiments.STUDIES:
+        assert f"\n{study}/" in "\n" + printed
+    # supervision: 4 models x (masks, P10+aug) + Mask R-CNN P10, for each of 2 seeds.
+    assert printed.count("supervision/") == 2 * 9
+    # The point files were simulated by the harness from the masks, without masks.
+    p10 = json.load(open(tmp_path / "runs" / "data" / "train_p10_seed0.json"))
+    assert all(len(a["point_labels"]) == 10 and "segmentation" not in a for a in p10["annotations"])
