@@ -1,5 +1,6 @@
 """End to end in headless Chromium: label with keys and buttons, kill -9 and restart the
-server mid-job, skip, undo, review-flip, then check the saved JSON point by point.
+server mid-job, skip, undo, review-flip, check the saved JSON point by point, and train
+on it with `pointsup.train`.
 
 Needs Debian's `chromium` + `chromium-driver` and `pip install selenium` (the `dev` extra);
 `.ci/run` installs them. Without a browser the test is skipped locally and fails under CI.
@@ -8,8 +9,11 @@ Needs Debian's `chromium` + `chromium-driver` and `pip install selenium` (the `d
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -154,6 +158,27 @@ def test_label_kill_restart_review_in_chromium(browser, tmp_path):
     assert targets.point_labels.tolist() == [expected_labels[4], [-1, -1, -1, -1]]
 
     assert os.path.getsize(screenshot) > 0
+
+    # ... and pointsup.train trains on the file as it is (two tiny iterations, points only).
+    _train_two_iterations(output, image_dir, str(tmp_path / "train"))
+
+
+def _train_two_iterations(labels_json: str, image_dir: str, out: str) -> None:
+    overrides = [
+        f"data.train_json={labels_json}", f"data.train_images={image_dir}",
+        f"data.val_json={labels_json}", f"data.val_images={image_dir}",  # box AP only: no masks
+        "model.mask_head.supervision=points", "solver.max_iter=2", "solver.ims_per_batch=2",
+        "solver.warmup_iters=1", "log_period=1", "num_vis=0", "data.num_workers=0",
+        "data.min_size_train=[64]", "data.max_size_train=96", "data.min_size_test=64", "data.max_size_test=96",
+        "model.backbone.fpn_channels=32", "model.roi_heads.fc_dim=64", "model.mask_head.conv_dim=32",
+        "model.mask_head.num_conv=1", "model.roi_heads.batch_size_per_image=64",
+    ]
+    run = subprocess.run([sys.executable, "-m", "pointsup.train", "--output-dir", out, "--set", *overrides],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        steps = [r for r in map(json.loads, f) if "loss_mask" in r]
+    assert len(steps) == 2 and all(math.isfinite(r["loss_mask"]) and r["loss_mask"] > 0 for r in steps)
 
 
 def _check_screenshot(browser, tmp_path) -> str:
