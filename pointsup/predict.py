@@ -1,18 +1,28 @@
-"""Draw a trained model's predictions:
+"""Draw a trained model's predictions and write them as COCO results:
 
     python -m pointsup.predict --config C --weights W --input IMG_OR_DIR --output DIR [--score-thresh 0.5]
 
-Every readable image becomes DIR/<name>.png with masks, boxes, class names and scores
-drawn on the original image; unreadable files are skipped with a warning.
+Every readable image `name.ext` becomes DIR/name.ext.png (masks, boxes, class names and
+scores drawn on the original image; the source extension stays in the name, so a.jpg and
+a.png do not collide), and DIR/predictions.json holds every detection above the threshold
+as a COCO results list (bbox [x, y, w, h], RLE mask in the original image frame, score,
+category_id, plus file_name and category_name). An output never replaces an input: a
+collision is refused before anything is written.
+
+Inputs that cannot be read make the command exit with status 1 after the others are done,
+with a summary of what failed; `--skip-bad` turns them into warnings (status 0). No
+readable input at all is always an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -20,9 +30,10 @@ from torch.utils.data import Dataset
 from pointsup.config import Config, load_config
 from pointsup.data.collate import pad_images
 from pointsup.structures import InstanceTargets
-from pointsup.utils.io import atomic_save_png
+from pointsup.utils.io import atomic_save_png, atomic_write_json
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+RESULTS_NAME = "predictions.json"
 
 
 def draw_prediction(image: Tensor, prediction: dict[str, Tensor], class_names: list[str], score_thresh: float) -> np.ndarray:
@@ -49,7 +60,7 @@ def visualize_dataset(model: nn.Module, dataset: Dataset, out_dir: str, num_imag
     """Predictions on the first `num_images` items of `dataset` -> out_dir/<image_id>.png."""
     was_training = model.training
     model.eval()
-    paths = []
+    paths, best_score, drawn = [], 0.0, 0
     for index in range(min(num_images, len(dataset))):
         sample = dataset[index]
         H, W = sample.image.shape[-2:]
@@ -58,75 +69,155 @@ def visualize_dataset(model: nn.Module, dataset: Dataset, out_dir: str, num_imag
         path = os.path.join(out_dir, f"{sample.image_id}.png")
         atomic_save_png(path, draw_prediction(sample.image, prediction, dataset.class_names, score_thresh))
         paths.append(path)
+        scores = prediction["pred_scores"]
+        best_score = max(best_score, scores.max().item() if len(scores) else 0.0)
+        drawn += int((scores >= score_thresh).sum())
     model.train(was_training)
+    if paths and drawn == 0:  # a blank drawing should not look like a bug
+        warnings.warn(f"{out_dir}: no detection reached score {score_thresh} in the {len(paths)} images drawn "
+                      f"(highest score {best_score:.3f}); the PNGs show the images only", stacklevel=3)
     return paths
 
 
 def list_images(path: str) -> list[str]:
     if os.path.isdir(path):
         return sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--input not found: {path}")
     return [path]
 
 
+def output_path(input_path: str, out_dir: str) -> str:
+    """out_dir/<name with its extension>.png: a.jpg -> a.jpg.png, so a.jpg and a.png never collide."""
+    return os.path.join(out_dir, os.path.basename(input_path) + ".png")
+
+
+def check_no_input_overwritten(paths: list[str], out_dir: str) -> None:
+    """Refuse (ValueError, before anything is written) when an output would replace an input or
+    two inputs would write the same output."""
+    inputs = {os.path.realpath(p) for p in paths}
+    seen: dict[str, str] = {}
+    for path in paths:
+        out = os.path.realpath(output_path(path, out_dir))
+        if out in inputs or out == os.path.realpath(os.path.join(out_dir, RESULTS_NAME)):
+            raise ValueError(f"the drawing of {path} would replace the input {out}; choose another --output folder")
+        if out in seen:
+            raise ValueError(f"{seen[out]} and {path} would both be drawn to {out}")
+        seen[out] = path
+
+
 def load_model_for_inference(cfg: Config, weights: str, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """Build the model from `cfg` and load a pointsup checkpoint; returns (model, class_names)."""
-    from pointsup.checkpoint import load_checkpoint
+    """Build the model from `cfg` and load a pointsup checkpoint; returns (model, class_names).
+    The file is read with weights_only=True: a checkpoint that would run code is refused."""
+    model, class_names, _ = load_model_and_categories(cfg, weights, device)
+    return model, class_names
+
+
+def load_model_and_categories(cfg: Config, weights: str, device: torch.device) -> tuple[nn.Module, list[str], list[int]]:
+    """As `load_model_for_inference`, plus the data set's category id of each class (empty when
+    the checkpoint predates storing them)."""
+    from pointsup.checkpoint import CheckpointError, load_checkpoint
     from pointsup.models import build_model
 
     state = load_checkpoint(weights)
-    class_names = state.get("class_names") if isinstance(state, dict) else None
+    class_names = state.get("class_names")
     num_classes = cfg.model.num_classes or (len(class_names) if class_names else 0)
     if num_classes == 0:
         raise ValueError(f"{weights} does not store class names: set model.num_classes")
     model = build_model(cfg, num_classes)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    weights_dict = state["model"] if "model" in state else state
+    try:
+        model.load_state_dict(weights_dict)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights} does not fit the configured model: {e}") from None
     class_names = class_names or [str(k) for k in range(num_classes)]
-    return model.to(device).eval(), class_names
+    return model.to(device).eval(), class_names, list(state.get("category_ids") or [])
+
+
+def coco_results(prediction: dict[str, Tensor], image_id: int, file_name: str, class_names: list[str],
+                 category_ids: list[int], score_thresh: float) -> list[dict]:
+    """Detections with score >= score_thresh as COCO result dicts (RLE masks, xywh boxes).
+    category_id is the data set's id when the checkpoint stores them, else the class index."""
+    keep = prediction["pred_scores"] >= score_thresh  # (D,)
+    boxes = prediction["pred_boxes"][keep].cpu()  # (D', 4) xyxy
+    scores = prediction["pred_scores"][keep].cpu().tolist()
+    classes = prediction["pred_classes"][keep].cpu().tolist()
+    rles = [None] * len(scores)
+    if "pred_masks" in prediction:
+        masks = prediction["pred_masks"][keep].cpu().numpy().astype(np.uint8)  # (D', H, W)
+        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    results = []
+    for (x0, y0, x1, y1), score, k, rle in zip(boxes.tolist(), scores, classes, rles):
+        result = {"image_id": image_id, "file_name": file_name,
+                  "category_id": category_ids[k] if category_ids else k, "category_name": class_names[k],
+                  "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(score, 5)}
+        if rle is not None:
+            result["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+        results.append(result)
+    return results
 
 
 @torch.no_grad()
 def predict_files(model: nn.Module, class_names: list[str], cfg: Config, paths: list[str], out_dir: str,
-                  device: torch.device, score_thresh: float = 0.5) -> list[str]:
-    from PIL import Image
-
+                  device: torch.device, score_thresh: float = 0.5, category_ids: list[int] | None = None,
+                  ) -> tuple[list[str], list[dict], list[tuple[str, str]]]:
+    """Draw each image to `output_path(path, out_dir)`; returns (PNGs written, COCO results,
+    [(path, reason)] of the inputs that could not be read)."""
+    from pointsup.data.coco import load_image_rgb
     from pointsup.data.transforms import build_test_transforms
 
+    check_no_input_overwritten(paths, out_dir)
     transforms = build_test_transforms(cfg.data)
-    written = []
-    for path in paths:
+    written, results, failed = [], [], []
+    for image_id, path in enumerate(paths, start=1):
         try:
-            with Image.open(path) as pil:
-                image_np = np.asarray(pil.convert("RGB"))  # (H, W, 3) uint8
-        except Exception as e:  # unreadable or not an image: skip it, keep going
-            warnings.warn(f"skipping {path}: {e}")
+            image_np = load_image_rgb(path)  # (H, W, 3) uint8; 16-bit images scaled, not clipped
+        except (OSError, ValueError) as e:  # unreadable or not an image: report it, keep going
+            failed.append((path, str(e)))
             continue
         H, W = image_np.shape[:2]
         image = torch.from_numpy(image_np.copy()).permute(2, 0, 1).float()  # (3, H, W)
         resized, _ = transforms(image, InstanceTargets.empty((H, W)))
         h, w = resized.shape[-2:]
         (prediction,) = model(pad_images([resized]).to(device), [(h, w)], output_sizes=[(H, W)])
-        out_path = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        out_path = output_path(path, out_dir)
         atomic_save_png(out_path, draw_prediction(image, prediction, class_names, score_thresh))
         written.append(out_path)
-    return written
+        results += coco_results(prediction, image_id, os.path.basename(path), class_names,
+                                category_ids or [], score_thresh)
+    return written, results, failed
 
 
 def cli(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description="Draw a model's predictions on images.")
+    parser = argparse.ArgumentParser(description="Draw a model's predictions on images and write them as COCO results.")
     parser.add_argument("--config", default=None, help="YAML config the model was trained with")
     parser.add_argument("--weights", required=True, help="a pointsup checkpoint (model_*.pth)")
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, help="folder for the PNGs")
+    parser.add_argument("--output", required=True, help="folder for the PNGs and predictions.json")
     parser.add_argument("--score-thresh", type=float, default=0.5)
+    parser.add_argument("--skip-bad", action="store_true", help="warn about unreadable inputs instead of exiting with status 1")
     parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.set)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, class_names = load_model_for_inference(cfg, args.weights, device)
     paths = list_images(args.input)
-    written = predict_files(model, class_names, cfg, paths, args.output, device, args.score_thresh)
-    print(f"wrote {len(written)} PNGs to {args.output}")
+    if not paths:
+        raise SystemExit(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.input}")
+    check_no_input_overwritten(paths, args.output)  # before the model is even loaded
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, class_names, category_ids = load_model_and_categories(cfg, args.weights, device)
+    written, results, failed = predict_files(model, class_names, cfg, paths, args.output, device, args.score_thresh,
+                                             category_ids)
+    if written:
+        atomic_write_json(os.path.join(args.output, RESULTS_NAME), results)
+    print(f"wrote {len(written)} PNGs and {RESULTS_NAME} ({len(results)} detections) to {args.output}")
+    if failed:
+        summary = f"{len(failed)} of {len(paths)} inputs could not be read:\n" + "\n".join(f"  {p}: {r}" for p, r in failed)
+        if not written or not args.skip_bad:
+            print(summary + ("" if written else "\nno image could be read") +
+                  ("" if args.skip_bad else "\n(--skip-bad skips unreadable inputs)"), file=sys.stderr)
+            raise SystemExit(1)
+        warnings.warn(summary, stacklevel=2)
     return written
 
 

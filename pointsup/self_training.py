@@ -2,11 +2,13 @@
 
     # 1. a model trained with point supervision (e.g. the default job) predicts a mask for
     #    every GT box of the training set (no RPN: the boxes and classes are the GT ones)
-    python -m pointsup.self_training --config C --weights output/model_final.pth \
+    python -m pointsup.self_training --config output/config.yaml --weights output/model_final.pth \
         --output output/pseudo_masks.json
-    # 2. retrain on the pseudo masks with the ordinary full-mask recipe
-    python -m pointsup.train --config C --set data.train_json=output/pseudo_masks.json \
-        model.mask_head.supervision=masks
+    # 2. retrain on the pseudo masks with the ordinary full-mask recipe, into a new folder;
+    #    step 1 prints this command with the data paths of its config filled in
+    python -m pointsup.train --config output/config.yaml --output-dir output/self_training --set \
+        data.train_json=output/pseudo_masks.json data.train_images=IMAGES \
+        data.val_json=VAL_JSON data.val_images=VAL_IMAGES model.mask_head.supervision=masks
 
 The pseudo-label JSON is the input JSON with a `segmentation` (RLE, original image size)
 added to every non-crowd annotation with a valid box; everything else (boxes, categories,
@@ -100,14 +102,27 @@ def cli(argv: list[str] | None = None) -> str:
 
     cfg = load_config(args.config, args.set)
     json_path, image_dir = args.input or cfg.data.train_json, args.images or cfg.data.train_images
+    val_json, val_images = cfg.data.val_json, cfg.data.val_images
     if not json_path:  # the built-in synthetic data set
-        json_path, image_dir, _, _ = prepare_synthetic_data(cfg)
+        json_path, image_dir, val_json, val_images = prepare_synthetic_data(cfg)
+    if os.path.realpath(args.output) in (os.path.realpath(json_path), os.path.realpath(args.weights)):
+        raise ValueError(f"--output {args.output} would replace an input; choose another file name")
     device = resolve_device(cfg.device)
     model, _ = load_model_for_inference(cfg, args.weights, device)
     coco = pseudo_label_coco(model, load_coco_json(json_path), image_dir, cfg, device)
     atomic_write_json(args.output, coco)
     print(f"[pointsup] wrote pseudo masks for {json_path} to {args.output}")
+    print("[pointsup] retrain on them with:\n" + retrain_command(args.config, args.output, image_dir, val_json, val_images))
     return args.output
+
+
+def retrain_command(config: str | None, pseudo_json: str, image_dir: str, val_json: str, val_images: str) -> str:
+    """The `pointsup.train` command that retrains on the pseudo masks (into a new folder)."""
+    parts = ["python -m pointsup.train"] + ([f"--config {config}"] if config else [])
+    parts += [f"--output-dir {os.path.join(os.path.dirname(pseudo_json) or '.', 'self_training')} --set",
+              f"data.train_json={pseudo_json} data.train_images={image_dir}",
+              f"data.val_json={val_json} data.val_images={val_images} model.mask_head.supervision=masks"]
+    return " \\\n    ".join(parts)
 
 
 if __name__ == "__main__":

@@ -173,8 +173,10 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     train_set = CocoInstanceDataset(
         train_json, train_images, transforms=build_train_transforms(data),
         use_masks=supervision == "masks", use_points=supervision == "points", skip_empty=data.filter_empty,
+        require_points=supervision == "points", allow_paths_outside_root=data.allow_paths_outside_image_root,
     )
-    val_set = CocoInstanceDataset(val_json, val_images, transforms=build_test_transforms(data), use_masks=False, use_points=False)
+    val_set = CocoInstanceDataset(val_json, val_images, transforms=build_test_transforms(data), use_masks=False,
+                                  use_points=False, allow_paths_outside_root=data.allow_paths_outside_image_root)
     return train_set, val_set
 
 
@@ -326,6 +328,7 @@ def _main(cfg: Config, resume: bool, overwrite: bool, model: nn.Module | None, t
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "iteration": iteration, "config": config_to_dict(cfg), "rng": rng_per_rank,
                 "class_names": list(getattr(train_set, "class_names", [])),  # for predict.py
+                "category_ids": list(getattr(train_set, "contiguous_to_category_id", [])),  # its results JSON
             }
             # last_checkpoint moves to it once the next loss is finite (pointsup/divergence.py).
             path = ckpt.save_checkpoint(out, ckpt.checkpoint_name(iteration, final), state, point_last=False)

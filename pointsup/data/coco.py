@@ -16,9 +16,22 @@ What becomes a target (per image, in the continuous image frame of `pointsup.str
                   points (or `use_points` is False).
 
 Crowd annotations (iscrowd=1) never become targets. Bad input raises `ValueError` or
-`FileNotFoundError` naming the JSON/image file and the annotation id. Documented skips:
-annotations with a zero-area box are dropped (one warning per data set listing the ids);
-points outside the image are dropped (one warning per annotation).
+`FileNotFoundError` naming the JSON/image file and the image or annotation id, and is
+found when the data set is built, before training starts:
+    * image ids and annotation ids must be unique; height / width positive integers;
+    * `file_name` must resolve inside `image_dir` (an absolute path or `..` leaving it is
+      refused unless `allow_paths_outside_root`), and every file must exist;
+    * a bbox must be four finite numbers;
+    * with `require_points` (point supervision), a data set without a single usable point
+      is an error: its mask loss would be 0 for the whole run.
+Documented skips and warnings (one per data set, with counts and ids): annotations with a
+zero-area box are dropped; points outside the image are dropped (one warning per
+annotation); annotations without points (or with empty point lists) and points outside
+their box (kept: the loss uses a point where a proposal covers it) are counted.
+
+Images are read as 8-bit RGB; 16-bit grayscale (PIL mode I;16) is scaled to 0..255
+(value / 257), not clipped. 32-bit integer and float images are refused: their range is
+unknown.
 """
 
 from __future__ import annotations
@@ -111,15 +124,47 @@ def decode_segmentation(segmentation: Any, image_size: tuple[int, int], source: 
         raise ValueError(f"{source}: annotation id {ann_id}: bad segmentation ({e})") from None
 
 
-def load_image_rgb(path: str, image_id: Any = "?") -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB, with clear errors for missing/corrupt files."""
+def load_image_rgb(path: str, image_id: Any = None) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB, with clear errors for missing/corrupt files.
+
+    16-bit grayscale is scaled to 8 bits (`convert("RGB")` would clip it to near-white);
+    32-bit integer / float images are refused. Other modes (palette, RGBA, CMYK, ...) go
+    through PIL's conversion.
+    """
+    where = f"{path} (image id {image_id})" if image_id is not None else path
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path} (image id {image_id})")
+        raise FileNotFoundError(f"image file not found: {where}")
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I;16"):  # 16-bit grayscale: 65535 -> 255
+                gray16 = np.asarray(im).astype(np.float32)  # (H, W)
+                gray8 = np.clip(np.round(gray16 / 257.0), 0, 255).astype(np.uint8)
+                return np.repeat(gray8[:, :, None], 3, axis=2)
+            if im.mode in ("I", "F"):
+                raise ValueError(f"PIL mode {im.mode} (32-bit {'integer' if im.mode == 'I' else 'float'}) has no "
+                                 f"known value range; convert the image to 8-bit RGB")
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"corrupt or unreadable image file: {path} (image id {image_id}): {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"corrupt or unreadable image file: {where}: {e}") from None
+
+
+def resolve_image_path(image_dir: str, file_name: Any, allow_outside_root: bool = False) -> str:
+    """image_dir/file_name, refused (ValueError) when it would leave image_dir: an absolute
+    file_name (os.path.join would drop image_dir) or `..` components climbing out of it."""
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"file_name must be a non-empty string, got {file_name!r}")
+    path = os.path.normpath(os.path.join(image_dir, file_name))
+    if allow_outside_root:
+        return path
+    root = os.path.abspath(image_dir)
+    if os.path.isabs(file_name) or os.path.commonpath([root, os.path.abspath(path)]) != root:
+        raise ValueError(f"file_name {file_name!r} leaves the image folder {image_dir} "
+                         f"(set data.allow_paths_outside_image_root=true if that is intended)")
+    return path
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
 class CocoInstanceDataset(torch.utils.data.Dataset):
@@ -131,6 +176,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     use_masks:   decode masks when every annotation of the image has a segmentation.
     use_points:  read point_coords / point_labels.
     skip_empty:  drop images without non-crowd objects at construction (for training).
+    require_points: point supervision: no usable point in the whole set is an error.
+    allow_paths_outside_root: accept file_name entries that leave image_dir.
+    check_files: check up front that every image file exists.
     """
 
     def __init__(
@@ -141,6 +189,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         use_masks: bool = True,
         use_points: bool = True,
         skip_empty: bool = False,
+        require_points: bool = False,
+        allow_paths_outside_root: bool = False,
+        check_files: bool = True,
     ) -> None:
         self.json_path = json_path
         self.image_dir = image_dir
@@ -156,15 +207,18 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         category_to_contiguous = {cid: k for k, cid in enumerate(self.contiguous_to_category_id)}
 
         self._images: dict[int, dict[str, Any]] = {}
+        self._paths: dict[int, str] = {}
         for img in coco["images"]:
-            for key in ("id", "file_name", "height", "width"):
-                if key not in img:
-                    raise ValueError(f"{json_path}: image entry {img.get('id', '?')} has no '{key}'")
-            self._images[int(img["id"])] = img
+            self._add_image(img, allow_paths_outside_root)
 
         self._instances: dict[int, list[_Instance]] = {image_id: [] for image_id in self._images}
         skipped_boxes: list[Any] = []
+        ann_ids: set[Any] = set()
         for ann in coco["annotations"]:
+            ann_id = ann.get("id")
+            if ann_id is not None and ann_id in ann_ids:
+                raise ValueError(f"{json_path}: annotation id {ann_id} appears twice (ids must be unique)")
+            ann_ids.add(ann_id)
             inst = self._parse_annotation(ann, category_to_contiguous, skipped_boxes)
             if inst is not None:
                 self._instances[int(ann["image_id"])].append(inst)
@@ -181,12 +235,76 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             for image_id in sorted(self._images)
             if not (skip_empty and len(self._instances[image_id]) == 0)
         ]
+        if use_points:
+            self._check_points(require_points)
+        if check_files:
+            self._check_files_exist()
+
+    def _add_image(self, img: Any, allow_outside_root: bool) -> None:
+        """Validate one `images` entry and record it with its resolved path."""
+        src = self.json_path
+        if not isinstance(img, dict):
+            raise ValueError(f"{src}: an images entry is not an object: {img!r}")
+        for key in ("id", "file_name", "height", "width"):
+            if key not in img:
+                raise ValueError(f"{src}: image entry {img.get('id', '?')} has no '{key}'")
+        image_id = img["id"]
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise ValueError(f"{src}: image id {image_id!r} is not an integer")
+        if image_id in self._images:
+            raise ValueError(f"{src}: image id {image_id} appears twice ({self._images[image_id]['file_name']!r} "
+                             f"and {img['file_name']!r}); ids must be unique")
+        for key in ("height", "width"):
+            if isinstance(img[key], bool) or not isinstance(img[key], int) or img[key] <= 0:
+                raise ValueError(f"{src}: image id {image_id}: {key} must be a positive integer, got {img[key]!r}")
+        try:
+            self._paths[image_id] = resolve_image_path(self.image_dir, img["file_name"], allow_outside_root)
+        except ValueError as e:
+            raise ValueError(f"{src}: image id {image_id}: {e}") from None
+        self._images[image_id] = img
+
+    def _check_files_exist(self) -> None:
+        missing = [(i, self._paths[i]) for i in self.image_ids if not os.path.isfile(self._paths[i])]
+        if missing:
+            shown = ", ".join(f"{path} (image id {i})" for i, path in missing[:5])
+            raise FileNotFoundError(f"{self.json_path}: {len(missing)} of {len(self.image_ids)} image files not found: "
+                                    f"{shown}{' ...' if len(missing) > 5 else ''}")
+
+    def _check_points(self, require_points: bool) -> None:
+        """Count annotations without points and points outside their box; with
+        `require_points`, no usable point at all is an error (the mask loss would be 0)."""
+        instances = [inst for image_id in self.image_ids for inst in self._instances[image_id]]
+        without = [inst.ann_id for inst in instances if inst.points is None or len(inst.points[1]) == 0]
+        if require_points and instances and len(without) == len(instances):
+            raise ValueError(f"{self.json_path}: point supervision, but none of the {len(instances)} annotations has "
+                             f"a usable point (point_coords / point_labels missing or empty): the mask loss would be "
+                             f"0 for the whole run")
+        if without and len(without) < len(instances):
+            warnings.warn(f"{self.json_path}: {len(without)} of {len(instances)} annotations have no points "
+                          f"(missing or empty point lists), ids {without[:10]}{' ...' if len(without) > 10 else ''}; "
+                          f"they give no mask loss", stacklevel=3)
+        outside_ids, outside_count = [], 0
+        for inst in instances:
+            if inst.points is None or len(inst.points[1]) == 0:
+                continue
+            x, y = inst.points[0][:, 0], inst.points[0][:, 1]  # continuous image coords
+            x0, y0, x1, y1 = inst.box_xyxy
+            n = int(((x < x0) | (x > x1) | (y < y0) | (y > y1)).sum())
+            if n:
+                outside_ids.append(inst.ann_id)
+                outside_count += n
+        if outside_count:
+            warnings.warn(f"{self.json_path}: {outside_count} points in {len(outside_ids)} annotations lie outside "
+                          f"their box, ids {outside_ids[:10]}{' ...' if len(outside_ids) > 10 else ''}; they are kept "
+                          f"(the loss uses a point where a proposal covers it)", stacklevel=3)
 
     def _parse_annotation(
         self, ann: dict[str, Any], category_to_contiguous: dict[int, int], skipped_boxes: list[Any]
     ) -> _Instance | None:
         """Validate one annotation; None for crowd and (recorded) zero-area annotations."""
         src, ann_id = self.json_path, ann.get("id", "?")
+        if not isinstance(ann, dict):
+            raise ValueError(f"{src}: an annotations entry is not an object: {ann!r}")
         if ann.get("image_id") not in self._images:
             raise ValueError(f"{src}: annotation id {ann_id} refers to unknown image_id {ann.get('image_id')!r}")
         if ann.get("iscrowd", 0):
@@ -194,6 +312,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise ValueError(f"{src}: annotation id {ann_id} has no valid bbox [x, y, w, h] (got {bbox!r})")
+        if not all(_is_number(v) for v in bbox):
+            raise ValueError(f"{src}: annotation id {ann_id} (image id {ann['image_id']}): bbox {bbox!r} must be four "
+                             f"finite numbers")
         if ann.get("category_id") not in category_to_contiguous:
             raise ValueError(f"{src}: annotation id {ann_id} has unknown category_id {ann.get('category_id')!r}")
         img = self._images[ann["image_id"]]
@@ -255,7 +376,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         image_id = self.image_ids[index]
         img = self._images[image_id]
-        path = os.path.join(self.image_dir, img["file_name"])
+        path = self._paths[image_id]
         image_np = load_image_rgb(path, image_id)  # (H, W, 3) uint8
         H, W = int(img["height"]), int(img["width"])
         if image_np.shape[:2] != (H, W):

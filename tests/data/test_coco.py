@@ -121,10 +121,10 @@ def test_zero_area_box_and_outside_points_warn(tmp_path):
 
 def test_missing_corrupt_and_wrong_size_image(tmp_path):
     json_path = tiny_coco(str(tmp_path), [{"id": 1, **BOX}])
-    os.remove(tmp_path / "img.png")
     ds = CocoInstanceDataset(json_path, str(tmp_path))
+    os.remove(tmp_path / "img.png")
     with pytest.raises(FileNotFoundError, match="img.png.*image id 1"):
-        ds[0]
+        ds[0]  # deleted after the data set was built (missing files are found up front: test_validation.py)
     (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(ValueError, match="corrupt.*img.png"):
         ds[0]

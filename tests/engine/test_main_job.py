@@ -56,9 +56,9 @@ def test_default_job_tiny(tmp_path):
     eval_out = str(tmp_path / "eval")
     evaluated = evaluate.cli(["--config", config, "--weights", weights, "--output-dir", eval_out])
     assert evaluated["segm"] == metrics["segm"]
-    assert os.path.exists(os.path.join(eval_out, "metrics.json"))
+    assert os.path.exists(os.path.join(eval_out, "eval_model_final.json"))  # its own file, never metrics.json
 
-    # python -m pointsup.predict, with an unreadable file skipped with a warning
+    # python -m pointsup.predict, with an unreadable file skipped with a warning (--skip-bad)
     images = os.path.join(data, root, "images")
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -67,5 +67,5 @@ def test_default_job_tiny(tmp_path):
     (inputs / "broken.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="broken.png"):
         written = predict.cli(["--config", config, "--weights", weights, "--input", str(inputs),
-                               "--output", str(tmp_path / "pred"), "--score-thresh", "0.0"])
+                               "--output", str(tmp_path / "pred"), "--score-thresh", "0.0", "--skip-bad"])
     assert len(written) == 2 and all(os.path.exists(p) for p in written)
