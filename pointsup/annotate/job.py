@@ -161,6 +161,20 @@ class AnnotationJob:
         self.by_id = {obj.ann_id: obj for obj in self.objects}
         self.index_of = {obj.ann_id: k for k, obj in enumerate(self.objects)}
         self._first_open = 0  # no open object before this queue index
+        self._recount()
+
+    def _recount(self) -> None:
+        """Progress counters from scratch; `apply` then keeps them up to date in O(1)."""
+        self._total_points = self._labelled_points = self._complete_objects = 0
+        for obj in self.objects:
+            self._count(obj, +1)
+
+    def _count(self, obj: AnnotatedObject, sign: int) -> None:
+        """Add (+1) or remove (-1) one object's share of the progress counters."""
+        if not obj.skipped:
+            self._total_points += sign * len(obj.labels)
+            self._labelled_points += sign * obj.num_labelled
+        self._complete_objects += sign * (obj.status == "complete")
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -210,6 +224,7 @@ class AnnotationJob:
             obj.coords_img, obj.labels, obj.ms, obj.skipped = s["coords"], s["labels"], s["ms"], s["skipped"]
         fresh.history = block["history"]
         fresh.seq = block["seq"]
+        fresh._recount()
         return fresh
 
     # ------------------------------------------------------------------ queries
@@ -231,14 +246,13 @@ class AnnotationJob:
 
     def progress(self) -> dict[str, Any]:
         """Counts and the current pace (labels per minute, seconds left for the open points)."""
-        total = sum(len(o.labels) for o in self.objects if not o.skipped)
-        labelled = sum(o.num_labelled for o in self.objects if not o.skipped)
+        total, labelled = self._total_points, self._labelled_points
         recent_ms = [self.by_id[h[1]].ms[h[2]] for h in self.history[-PACE_WINDOW:] if h[0] == "label"]
         mean_ms = sum(recent_ms) / len(recent_ms) if recent_ms else None
         return {
             "labelled_points": labelled,
             "total_points": total,
-            "complete_objects": sum(o.status == "complete" for o in self.objects),
+            "complete_objects": self._complete_objects,
             "num_objects": len(self.objects),
             "labels_per_minute": None if not mean_ms else 60000.0 / mean_ms,
             "seconds_left": None if mean_ms is None else (total - labelled) * mean_ms / 1000.0,
@@ -283,28 +297,29 @@ class AnnotationJob:
     def apply(self, event: dict[str, Any]) -> None:
         """Perform one validated event and give it the next sequence number."""
         op = event["op"]
+        if op not in ("label", "skip", "flip", "undo"):
+            raise ValueError(f"unknown event {event!r}")
+        last = self.history[-1] if op == "undo" else None
+        obj = self.by_id[last[1] if op == "undo" else event["ann"]]
+        self._count(obj, -1)
         if op == "label":
-            obj = self.by_id[event["ann"]]
             obj.labels[event["i"]] = event["label"]
             obj.ms[event["i"]] = event["ms"]
             self.history.append(["label", obj.ann_id, event["i"]])
         elif op == "skip":
-            self.by_id[event["ann"]].skipped = True
-            self.history.append(["skip", event["ann"]])
+            obj.skipped = True
+            self.history.append(["skip", obj.ann_id])
         elif op == "flip":
-            obj = self.by_id[event["ann"]]
             obj.labels[event["i"]] = 1 - obj.labels[event["i"]]  # a review fix: not undoable, keeps its timing
-        elif op == "undo":
-            last = self.history.pop()
-            obj = self.by_id[last[1]]
+        else:  # undo the last label or skip
+            self.history.pop()
             if last[0] == "label":
                 obj.labels[last[2]] = None
                 obj.ms[last[2]] = None
             else:
                 obj.skipped = False
             self._first_open = min(self._first_open, self.index_of[obj.ann_id])
-        else:
-            raise ValueError(f"unknown event {event!r}")
+        self._count(obj, +1)
         self.seq = event.get("seq", self.seq + 1)
 
     # ------------------------------------------------------------------- output

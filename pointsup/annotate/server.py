@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +60,7 @@ class AnnotateServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], store: JobStore, renderer: ViewRenderer,
                  check_host: bool = True, quiet: bool = True) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # e.g. --host ::1
         super().__init__(address, AnnotateHandler)
         self.store = store
         self.renderer = renderer

@@ -28,20 +28,23 @@ PURPLE, GREEN = (160, 32, 240), (0, 208, 0)  # the marker colours of static/anno
 
 
 def _browser_or_skip():
-    """(chromium, chromedriver, selenium webdriver module), or skip (locally) / fail (CI)."""
+    """(chromium, chromedriver, selenium webdriver module).
+
+    No browser: skip locally, fail under CI (`.ci/run` installs it, so it must run there).
+    selenium is in the `dev` extra, like pytest itself: missing, it is an error.
+    """
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
+    missing = [name for name, found in [("chromium", chromium), ("chromedriver", driver)] if not found]
+    if missing:
+        reason = f"no browser: {' and '.join(missing)} not found (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {reason}")
+        pytest.skip(reason)
     try:
         from selenium import webdriver
     except ImportError:
-        webdriver = None
-    missing = [name for name, found in [("chromium", chromium), ("chromedriver", driver), ("selenium", webdriver)] if not found]
-    if missing:
-        reason = (f"browser test needs {', '.join(missing)}: apt-get install chromium chromium-driver; "
-                  "pip install -e '.[dev]'")
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {reason}")  # .ci/run installs them: never skip in CI
-        pytest.skip(reason)
+        pytest.fail("selenium is missing: pip install -e '.[dev]'")
     return chromium, driver, webdriver
 
 

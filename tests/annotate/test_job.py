@@ -187,3 +187,25 @@ def test_undo_with_empty_history_is_refused(boxes):
     job = AnnotationJob.create(boxes[0], num_points=2, seed=0)
     with pytest.raises(JobError, match="nothing to undo"):
         job.make_event("undo", {})
+
+
+def test_progress_counters_match_a_recount_after_random_events(boxes):
+    job = AnnotationJob.create(boxes[0], num_points=3, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        op = ["label", "label", "label", "undo", "skip", "flip"][rng.integers(6)]
+        found = job.next_open()
+        obj = job.objects[rng.integers(len(job.objects))]
+        body = {"ann_id": obj.ann_id, "point_index": int(rng.integers(3)), "label": int(rng.integers(2)), "ms": 5.0}
+        if op == "label" and found is not None:
+            body.update(ann_id=found[0].ann_id, point_index=found[1])
+        try:
+            job.apply(job.make_event(op, body))
+        except JobError:
+            continue
+        progress = job.progress()
+        not_skipped = [o for o in job.objects if not o.skipped]
+        assert progress["total_points"] == 3 * len(not_skipped)
+        assert progress["labelled_points"] == sum(v is not None for o in not_skipped for v in o.labels)
+        assert progress["complete_objects"] == sum(o.status == "complete" for o in job.objects)
+    assert job.history  # the walk did label things
