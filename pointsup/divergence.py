@@ -28,6 +28,7 @@ import statistics
 import warnings
 from collections import deque
 
+import torch
 from torch import Tensor, nn
 
 from pointsup import checkpoint as ckpt
@@ -62,7 +63,8 @@ class DivergenceGuard:
     def check_loss(self, iteration: int, loss_dict: dict[str, Tensor]) -> None:
         """Confirm or set aside the pending checkpoint; raise TrainingDiverged on a non-finite
         loss; record a spike. One host sync."""
-        values = {k: v.detach().float().item() for k, v in loss_dict.items()}
+        names = list(loss_dict)
+        values = dict(zip(names, torch.stack([loss_dict[k].detach().float() for k in names]).tolist()))
         total = sum(values.values())
         terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         problem = None if math.isfinite(total) else "not finite"

@@ -264,3 +264,29 @@ def test_signal_saves_the_current_iteration_and_resume_is_exact(tiny_coco, tmp_p
         assert resumed[it]["total_loss"] == pytest.approx(full[it]["total_loss"], rel=1e-6, abs=1e-7), it
     for (name, a), b in zip(model_full.state_dict().items(), model_resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+# ---- the table ----------------------------------------------------------------------------
+
+
+def test_every_row_of_docs_reliability_names_an_existing_test():
+    """docs/RELIABILITY.md: at least 30 rows; each row's last column names `file::test` (or
+    `::test` in the file named before, or "same test" / "both tests above"), and it exists."""
+    import re
+
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(os.path.dirname(tests_dir), "docs", "RELIABILITY.md")) as f:
+        rows = [line for line in f if re.match(r"^\| \d+ \|", line)]
+    assert len(rows) >= 30
+    file, previous_ok = None, False
+    for row in rows:
+        last_column = row.rstrip().rstrip("|").rsplit("|", 1)[1]
+        named = re.findall(r"`([\w/]+\.py)?::(test_\w+)", last_column)
+        if not named:
+            assert previous_ok and re.search(r"same test|tests above", last_column), f"row without a test: {row}"
+            continue
+        for file_named, test in named:
+            file = file_named or file
+            with open(os.path.join(tests_dir, file)) as f:
+                assert f"def {test}(" in f.read(), f"{file}::{test} does not exist (row: {row[:60]})"
+        previous_ok = True
