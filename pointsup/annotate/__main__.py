@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from typing import IO
 
 from pointsup.annotate.job import JobStore
 from pointsup.annotate.server import AnnotateServer
@@ -23,6 +24,7 @@ from pointsup.data.coco import load_coco_json
 
 
 def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1."""
     if host == "localhost":
         return True
     try:
@@ -31,11 +33,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def lock_output(output_path: str):
+def lock_output(output_path: str) -> IO[str]:
     """Hold an exclusive lock on OUTPUT.lock for the life of the process (one server per job).
 
     The OS drops the lock when the process dies, SIGKILL included. Returns the open file.
     """
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     lock_file = open(output_path + ".lock", "a+")
     try:
         import fcntl
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow a non-loopback --host: anyone who can reach it can see the images and change labels")
     parser.add_argument("--snapshot-every", type=int, default=25,
-                        help="rewrite the output JSON every this many labels (each label is journalled at once)")
+                        help="rewrite the output JSON every this many labels (each label is journalled at once); "
+                             "raise it for very large files, whose rewrite pauses the page")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
 
@@ -72,12 +76,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--host {args.host} is not a loopback address; add --allow-remote to expose the tool")
     if not os.path.isdir(args.images):
         parser.error(f"--images {args.images} is not a folder")
-    coco = load_coco_json(args.input)
     lock_file = lock_output(args.output)  # noqa: F841 (held until exit)
-    store = JobStore.open(coco, args.output, args.num_points, args.seed, source=args.input,
-                          snapshot_every=args.snapshot_every)
+    try:
+        coco = load_coco_json(args.input)
+        store = JobStore.open(coco, args.output, args.num_points, args.seed, source=args.input,
+                              snapshot_every=args.snapshot_every)
+    except (ValueError, FileNotFoundError) as e:  # bad input, or an output from other arguments
+        sys.exit(f"error: {e}")
     server = AnnotateServer((args.host, args.port), store, ViewRenderer(coco, args.images),
                             check_host=loopback, quiet=not args.verbose)
+    # SIGTERM stops like Ctrl-C: serve_forever returns and the final snapshot is written.
+    # Installed before the URL is printed, so a caller that reads it can already stop us.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     host, port = server.server_address[:2]
     url_host = f"[{host}]" if ":" in host else host
     print(f"http://{url_host}:{port}/", flush=True)  # first line: the URL (tests read it)
@@ -89,8 +99,6 @@ def main(argv: list[str] | None = None) -> None:
           f"{progress['num_objects']} objects; writing {args.output}; review at http://{url_host}:{port}/review; "
           "Ctrl-C to stop", flush=True)
 
-    # SIGTERM stops like Ctrl-C: serve_forever returns and the final snapshot is written.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     try:
         server.serve_forever()
     except KeyboardInterrupt:

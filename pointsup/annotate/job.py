@@ -370,8 +370,11 @@ class JobStore:
              source: str = "<coco>", snapshot_every: int = 25) -> "JobStore":
         """Start a new job or resume the one in `output_path` (+ its journal); writes a snapshot."""
         if os.path.exists(output_path):
-            with open(output_path) as f:
-                saved = json.load(f)
+            try:
+                with open(output_path) as f:
+                    saved = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{output_path} is not valid JSON ({e}); was it edited by hand?") from None
             job = AnnotationJob.from_output(saved, coco, num_points, seed, output_path)
         else:
             job = AnnotationJob.create(coco, num_points, seed, source)

@@ -147,3 +147,13 @@ def test_cli_refuses_a_public_host_without_the_flag(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pointsup.annotate", *tool_args(json_path, image_dir, str(tmp_path / "o.json")),
                              "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--allow-remote" in result.stderr
+
+
+def test_cli_explains_a_restart_with_other_arguments(tmp_path):
+    json_path, image_dir = box_dataset(str(tmp_path))
+    output = str(tmp_path / "labels.json")
+    with ToolProcess(tool_args(json_path, image_dir, output, num_points=2)) as tool:
+        assert tool.stop() == 0
+    result = subprocess.run([sys.executable, "-m", "pointsup.annotate", *tool_args(json_path, image_dir, output, num_points=3)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--num-points 2 --seed 0" in result.stderr and "Traceback" not in result.stderr
