@@ -35,7 +35,7 @@ def cli(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="COCO box and mask AP of a checkpoint.")
     parser.add_argument("--config", default=None)
     parser.add_argument("--weights", required=True, help="a pointsup checkpoint (model_*.pth)")
-    parser.add_argument("--output-dir", default=None, help="where metrics.json goes (default: cfg.output_dir)")
+    parser.add_argument("--output-dir", default=None, help="where eval_<weights name>.json goes (default: cfg.output_dir)")
     parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 

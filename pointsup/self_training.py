@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pointsup.config import Config, load_config
-from pointsup.data.coco import load_coco_json, load_image_rgb
+from pointsup.data.coco import load_coco_json, load_image_rgb, resolve_image_path
 from pointsup.data.collate import pad_images
 from pointsup.data.transforms import build_test_transforms
 from pointsup.models.postprocess import paste_masks_in_image
@@ -70,7 +70,11 @@ def pseudo_label_coco(model: nn.Module, coco: dict, image_dir: str, cfg: Config,
                 and len(a.get("bbox", [])) == 4 and a["bbox"][2] > 0 and a["bbox"][3] > 0]
         if not anns:
             continue
-        rgb = load_image_rgb(os.path.join(image_dir, info["file_name"]), info["id"])  # (H, W, 3)
+        try:
+            path = resolve_image_path(image_dir, info["file_name"], cfg.data.allow_paths_outside_image_root)
+        except ValueError as e:
+            raise ValueError(f"image id {info['id']}: {e}") from None
+        rgb = load_image_rgb(path, info["id"])  # (H, W, 3)
         H, W = rgb.shape[:2]
         boxes_orig = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], dtype=torch.float32)
         classes = torch.tensor([contiguous[a["category_id"]] for a in anns])
