@@ -1,6 +1,6 @@
 """End to end in headless Chromium: label with keys and buttons, kill -9 and restart the
-server mid-job, skip, undo, review-flip, check the saved JSON point by point, and train
-on it with `pointsup.train`.
+server mid-job, a second tab on the same point, skip, undo, review-flip, check the saved
+JSON point by point, and train on it with `pointsup.train`.
 
 Needs Debian's `chromium` + `chromium-driver` and `pip install selenium` (the `dev` extra);
 `.ci/run` installs them. Without a browser the test is skipped locally and fails under CI.
@@ -117,7 +117,18 @@ def test_label_kill_restart_review_in_chromium(browser, tmp_path):
     with ToolProcess(args) as tool:
         browser.get(tool.url)
         wait_for("data-point", "2:2")  # continues at the first unlabelled point
-        click("btn-object", "2:3")
+        first_tab = browser.current_window_handle
+        browser.switch_to.new_window("tab")  # a second tab on the same job shows the same point
+        browser.get(tool.url)
+        wait_for("data-point", "2:2")
+        second_tab = browser.current_window_handle
+        browser.switch_to.window(first_tab)
+        click("btn-object", "2:3")  # answered in the first tab ...
+        browser.switch_to.window(second_tab)
+        press("j", "2:3")  # ... so the second tab's answer is refused and it moves on
+        assert "another tab" in browser.find_element(By.ID, "message").text
+        browser.close()
+        browser.switch_to.window(first_tab)
         click("btn-background", "4:0")  # object 2 = [0, 1, 1, 0]; the crowd box 3 is never asked
         press("f", "4:1")
         press("s", "5:0")  # skip object 4 ...
