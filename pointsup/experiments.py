@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -48,7 +49,17 @@ import numpy as np
 
 from pointsup.utils.io import atomic_write_json, atomic_write_text
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic")
+CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# `--config-set coco`: the paper-scale configs (R50-FPN, 3x) that stand for each synthetic one.
+COCO_CONFIGS = {
+    "mask_rcnn_masks": "mask_rcnn_R_50_FPN_3x", "mask_rcnn_P10": "mask_rcnn_R_50_FPN_3x_P10",
+    "mask_rcnn_P10_point_aug": "mask_rcnn_R_50_FPN_3x_P10_point_aug",
+    "pointrend_masks": "pointrend_R_50_FPN_3x", "pointrend_P10_point_aug": "pointrend_R_50_FPN_3x_P10_point_aug",
+    "implicit_pointrend_masks": "implicit_pointrend_R_50_FPN_3x",
+    "implicit_pointrend_P10_point_aug": "implicit_pointrend_R_50_FPN_3x_P10_point_aug",
+    "condinst_masks": "condinst_R_50_FPN_3x", "condinst_P10_point_aug": "condinst_R_50_FPN_3x_P10_point_aug",
+    "condinst_boxinst": "boxinst_R_50_FPN_1x",
+}
 
 # Paper Table 6 / appendix C: seconds per instance. Every form needs the object spotted and
 # categorised (28.8 s + 14.4 s); a box adds 7 s, a polygon mask 79.2 s (no box needed), and
@@ -122,7 +133,7 @@ def read_status(run: Run) -> dict:
     return {}
 
 
-def execute(run: Run, futures: dict[str, Any], threads: int) -> dict:
+def execute(run: Run, futures: dict[str, Any], threads: int, launcher: list[str]) -> dict:
     """Train `run` unless it already finished; returns {"ok", "wall_s", "error"}."""
     for dep in run.depends:
         if not futures[dep.key()].result()["ok"]:
@@ -134,7 +145,7 @@ def execute(run: Run, futures: dict[str, Any], threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     log_path = os.path.join(run.folder, "log.txt")
-    train = [sys.executable, "-m", "pointsup.train", "--config", run.config, "--resume", "--set",
+    train = [*launcher, "-m", "pointsup.train", "--config", run.config, "--resume", "--set",
              *run.overrides, f"seed={run.seed}", f"output_dir={run.folder}"]
     with open(log_path, "a") as log:
         for command in run.before + [train]:
@@ -159,12 +170,13 @@ def last_error_line(log_path: str) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
-def run_all(runs: list[Run], jobs: int, threads: int) -> dict[str, dict]:
-    """Execute runs `jobs` at a time (dependencies first: they are listed earlier)."""
+def run_all(runs: list[Run], jobs: int, threads: int, launcher: list[str] | None = None) -> dict[str, dict]:
+    """Execute runs `jobs` at a time (dependencies first: they are listed earlier).
+    `launcher` starts `-m pointsup.train` (default: this Python; e.g. torchrun ...)."""
     futures: dict[str, Any] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for run in runs:
-            futures[run.key()] = pool.submit(execute, run, futures, threads)
+            futures[run.key()] = pool.submit(execute, run, futures, threads, launcher or [sys.executable])
         return {key: future.result() for key, future in futures.items()}
 
 
@@ -256,7 +268,15 @@ class Planner:
     def __init__(self, data: Data, args: argparse.Namespace):
         self.data, self.args = data, args
 
+    def config_path(self, stem: str) -> str:
+        if self.args.config_set == "coco":
+            return os.path.join(CONFIG_ROOT, "coco", COCO_CONFIGS[stem] + ".yaml")
+        return os.path.join(CONFIG_ROOT, "synthetic", stem + ".yaml")
+
     def scale(self, iters: int) -> list[str]:
+        """Schedule overrides for `iters` steps; iters 0 keeps the config's own schedule."""
+        if iters <= 0:
+            return ["num_vis=0"]
         steps = sorted({max(1, int(iters * 0.75)), max(1, int(iters * 0.9))})
         warmup = min(100, iters // 4)
         return [f"solver.max_iter={iters}", f"solver.steps={steps}", f"solver.warmup_iters={warmup}",
@@ -264,8 +284,9 @@ class Planner:
 
     def run(self, study: str, label: str, config: str, train_json: str, seed: int, extra: list[str] = (),
             iters: int | None = None, **kwargs) -> Run:
-        run = Run(study, label, os.path.join(CONFIGS, config + ".yaml"),
-                  self.data.overrides(train_json) + self.scale(iters or self.args.iters) + list(extra), seed, **kwargs)
+        run = Run(study, label, self.config_path(config),
+                  self.data.overrides(train_json) + self.scale(self.args.iters if iters is None else iters) + list(extra),
+                  seed, **kwargs)
         run.folder = os.path.join(self.args.out, run.key())
         return run
 
@@ -340,8 +361,11 @@ class Planner:
         return runs
 
     def schedule(self) -> list[Run]:
+        from pointsup.config import load_config
+
         iters = 2 * self.args.iters
-        extra = [f"eval_period={max(1, iters // 8)}", "eval_num_images=0"]
+        length = iters or load_config(self.config_path("mask_rcnn_P10")).solver.max_iter
+        extra = [f"eval_period={max(1, length // 8)}", "eval_num_images=0"]
         return [self.run("schedule", label, config, train_json, seed, extra, iters=iters, group=label)
                 for seed in self.seeds()
                 for label, config, train_json in (("masks", "mask_rcnn_masks", self.data.train_json),
@@ -540,8 +564,9 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
              f"- command: `{command}`", f"- commit: {git_commit()}", f"- data: {data.name}",
              f"  (train {data.train_json}, val {data.val_json})",
              f"- seeds: {args.seeds} (training seeds 0..{args.seeds - 1}); mean ± sample std (ddof 1) over seeds",
-             f"- scale: {args.iters} iterations per run (2x for `schedule`), LR steps at 75% / 90%, "
-             f"configs/synthetic models; {args.jobs} runs at a time, {args.threads} thread(s) each",
+             f"- scale: " + (f"{args.iters} iterations per run (2x for `schedule`), LR steps at 75% / 90%"
+                             if args.iters else "each config's own schedule")
+             + f", configs/{args.config_set} models; {args.jobs} runs at a time, {args.threads} thread(s) each",
              f"- harness wall time this invocation: {wall_s / 60:.1f} min (finished runs are read, not retrained)", ""]
     for study, runs in plan.items():
         rows = summarize(runs, statuses)
@@ -580,7 +605,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--study", nargs="+", default=["supervision"], choices=STUDIES + ("all",), help="studies to run")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per configuration")
-    parser.add_argument("--iters", type=int, default=500, help="optimizer steps per run (schedule: 2x)")
+    parser.add_argument("--iters", type=int, default=500,
+                        help="optimizer steps per run (schedule: 2x); 0 keeps each config's own schedule")
+    parser.add_argument("--config-set", choices=("synthetic", "coco"), default="synthetic",
+                        help="model configs: configs/synthetic (small R18-FPN) or configs/coco (the paper's R50-FPN 3x)")
+    parser.add_argument("--launcher", default=sys.executable,
+                        help="command that runs `-m pointsup.train`, e.g. 'torchrun --nproc_per_node=8'")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--num-workers", type=int, default=1, help="data-loader workers per run")
@@ -599,8 +629,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if "all" in args.study:
         args.study = list(STUDIES)
-    if args.seeds < 1 or args.iters < 1 or args.jobs < 1:
-        parser.error("--seeds, --iters and --jobs must be >= 1")
+    if args.seeds < 1 or args.iters < 0 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be >= 1, --iters >= 0")
     given = [args.train_json, args.train_images, args.val_json, args.val_images]
     if any(given) and not all(given):
         parser.error("--train-json, --train-images, --val-json and --val-images go together")
@@ -624,7 +654,7 @@ def main(argv: list[str] | None = None) -> str:
         for run in runs:
             print(run.key(), run.config, " ".join(run.overrides))
         return ""
-    statuses = run_all(runs, args.jobs, args.threads)
+    statuses = run_all(runs, args.jobs, args.threads, shlex.split(args.launcher))
     command = "python -m pointsup.experiments " + " ".join(sys.argv[1:] if argv is None else argv)
     report = os.path.join(args.report or args.out, "report.md")
     write_report(report, plan, statuses, data, args, command, time.perf_counter() - start)
