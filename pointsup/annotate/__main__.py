@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--host {args.host} is not a loopback address; add --allow-remote to expose the tool")
     if not os.path.isdir(args.images):
         parser.error(f"--images {args.images} is not a folder")
-    lock_file = lock_output(args.output)  # noqa: F841 (held until exit)
+    held_lock = lock_output(args.output)  # held until exit: one server per job
     try:
         coco = load_coco_json(args.input)
         store = JobStore.open(coco, args.output, args.num_points, args.seed, source=args.input,
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         server.server_close()
         with server.lock:
             store.close()
+        held_lock.close()
         print(f"saved {args.output}", flush=True)
 
 
