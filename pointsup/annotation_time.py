@@ -139,10 +139,10 @@ def report(costs: Costs, instances: int, fractions: dict[str, float]) -> str:
              f"= t = {costs.find_and_name:.1f} s; box {costs.box:g} s, mask {costs.mask:g} s, "
              f"point {costs.point:.3g} s x {costs.num_points}",
              f"Table 6: {instances:,} instances",
-             f"  {'form':<5} {'s/instance':>10} {'days':>9}" + ("   paper" if defaults else "")]
+             f"  {'form':<5} {'s/instance':>10} {'hours':>10} {'days':>9}" + ("   paper" if defaults else "")]
     for form, (per_instance, days) in table6(costs, instances).items():
         paper = f"   {PAPER_TABLE6_DAYS[form]}" if defaults else ""
-        lines.append(f"  {form:<5} {per_instance:>10.1f} {days:>9.1f}{paper}")
+        lines.append(f"  {form:<5} {per_instance:>10.1f} {days * 24:>10.1f} {days:>9.1f}{paper}")
 
     form_costs = costs.form_costs()
     point_form = f"P{costs.num_points}"
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     speed = parser.add_mutually_exclusive_group()
     speed.add_argument("--seconds-per-point", type=float, default=None, help="default 0.9 (paper)")
     speed.add_argument("--timing", help="a pointsup.annotate output: use its measured seconds per point")
-    parser.add_argument("--num-points", type=int, default=10)
+    parser.add_argument("--num-points", type=int, default=None, help="N of P_N (default 10, or the --timing job's)")
     parser.add_argument("--box", type=float, default=7.0, help="seconds per box")
     parser.add_argument("--mask", type=float, default=79.2, help="seconds per polygon mask")
     parser.add_argument("--categorization", type=float, default=28.8, help="seconds per instance")
@@ -182,17 +182,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     point = 0.9 if args.seconds_per_point is None else args.seconds_per_point
+    num_points = 10 if args.num_points is None else args.num_points
     if args.timing:
         from pointsup.annotate.summary import load_job_block, point_seconds
 
-        work, _ = point_seconds(load_job_block(args.timing))
+        block = load_job_block(args.timing)
+        work, _ = point_seconds(block)
         if len(work) == 0:
             parser.error(f"{args.timing} has no timed labels yet")
         point = float(work.mean())
+        num_points = int(block["num_points"]) if args.num_points is None else args.num_points
         print(f"measured in {args.timing}: {point:.3f} s per point over {len(work)} points")
     costs = Costs(categorization=args.categorization, spotting=args.spotting, box=args.box, mask=args.mask,
-                  point=point, num_points=args.num_points)
-    fractions = {"B": args.box_fraction, "M": args.mask_fraction, f"P{args.num_points}": args.point_fraction}
+                  point=point, num_points=num_points)
+    fractions = {"B": args.box_fraction, "M": args.mask_fraction, f"P{num_points}": args.point_fraction}
     print(report(costs, args.instances, fractions))
     if args.plot:
         plot_figure6(args.plot, costs, fractions, args.instances, args.t_max, coco_t=costs.find_and_name)
