@@ -1,9 +1,12 @@
 """The README's commands work verbatim (at tiny scale) and never modify what a run wrote.
 
-The default job is trained with the tiny overrides of test_main_job; then every command of
-the README's evaluate / predict / self-training block is read from README.md and run as
-written, in a temporary working directory. The only substitutions are the tiny data set's
-folder name for the default one and a real folder for the `img_or_dir` placeholder.
+The commands are read from README.md and run as written, in a temporary working directory,
+with the few substitutions that make them tiny: the default job and the full-mask baseline
+get the tiny overrides of test_main_job; the evaluate / predict / self-training block runs
+on that tiny job (its data folder's name for the default one, a real folder for the
+`img_or_dir` placeholder); the Data block generates 4 images instead of 2000.
+(Not run here: the COCO and torchrun commands, which need COCO and GPUs, and the
+annotation tool's commands, tested in tests/annotate.)
 """
 
 import importlib
@@ -33,19 +36,20 @@ def readme_commands(first_command: str) -> list[str]:
 
 def run_shell_line(line: str, variables: dict[str, str], substitutions: dict[str, str]):
     """`VAR=value` sets a variable; `python -m pointsup.X args` calls that module's cli(args)."""
+    for old, new in substitutions.items():
+        line = line.replace(old, new)
     tokens = shlex.split(line, comments=True)
     if not tokens:
         return None
-    expand = lambda token: re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], token)  # noqa: E731
-    tokens = [expand(t) for t in tokens]
-    for old, new in substitutions.items():
-        tokens = [t.replace(old, new) for t in tokens]
+    tokens = [re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], t) for t in tokens]
     if len(tokens) == 1 and re.match(r"^\w+=", tokens[0]):
         name, value = tokens[0].split("=", 1)
         variables[name] = value
         return None
     assert tokens[:2] == ["python", "-m"], line
-    return importlib.import_module(tokens[2]).cli(tokens[3:])
+    module = importlib.import_module(tokens[2])
+    entry = getattr(module, "cli", None) or module.main  # the data tools name it main
+    return entry(tokens[3:])
 
 
 def file_bytes(folder):
@@ -56,6 +60,8 @@ def file_bytes(folder):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_readme_evaluate_predict_self_training_commands(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert "```bash\npython -m pointsup.train\n```" in f.read()
     train.cli(["--set", *TINY])  # `python -m pointsup.train` at tiny scale: output/ and .cache/
     run_files = file_bytes("output")
     (tiny_data,) = os.listdir(".cache/pointsup/synthetic")
@@ -80,3 +86,24 @@ def test_readme_evaluate_predict_self_training_commands(tmp_path, monkeypatch):
     with open("output/pseudo.json") as f:
         assert all("segmentation" in a for a in json.load(f)["annotations"] if not a.get("iscrowd"))
     assert os.path.exists("output/self_training/model_final.pth")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_readme_full_mask_baseline_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(os.path.join(REPO, "README.md")) as f:
+        (command,) = re.findall(r"`(python -m pointsup.train --set model.mask_head.supervision=masks [^`]*)`", f.read())
+    tokens = shlex.split(command)
+    train.cli(tokens[3:] + ["--set", *TINY])
+    assert os.path.exists("output/masks/model_final.pth")
+
+
+def test_readme_data_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    variables: dict[str, str] = {}
+    for line in readme_commands("python -m pointsup.data.synthetic"):
+        run_shell_line(line, variables, {"--num-train 2000": "--num-train 4", "--num-val 200": "--num-val 2"})
+    for name in ("train_p10.json", "train_p10_noisy.json", "train_p10_masks.json"):
+        with open(os.path.join("data/synth", name)) as f:
+            assert all(len(a["point_coords"]) == 10 for a in json.load(f)["annotations"] if not a.get("iscrowd"))
+    assert len([n for n in os.listdir("vis") if n.endswith(".png")]) == 4
