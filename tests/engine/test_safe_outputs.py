@@ -202,6 +202,18 @@ def test_crafted_checkpoint_is_refused_by_resume_and_load_weights(evil, tmp_path
         assert not evil["marker"].exists(), path
         assert info.type is WeightsLoadError and f"refusing to load {path}" in str(info.value)
 
+    # ... while a checkpoint written before the RNG state became a tensor (numpy arrays in it)
+    # still loads and restores its RNG state: no unsafe legacy path is needed.
+    import random
+
+    old_format = {"model": TinyDetector().state_dict(), "optimizer": {}, "iteration": 1,
+                  "rng": [{"python": random.getstate(), "numpy": np.random.get_state(),
+                           "torch": torch.get_rng_state(), "cuda": []}]}
+    torch.save(old_format, tmp_path / "old.pth")
+    expected = np.random.random()
+    ckpt.set_rng_state(ckpt.load_checkpoint(str(tmp_path / "old.pth"))["rng"][0])
+    assert np.random.random() == expected
+
 
 def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
     """A checkpoint of a real run loads with plain torch.load(weights_only=True), no allowlist."""
