@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -363,7 +364,7 @@ class JobStore:
         self.journal_path = output_path + ".journal"
         self.snapshot_every = snapshot_every
         self._since_snapshot = 0
-        self._journal = None
+        self._journal_fd: int | None = None  # the journal, opened O_APPEND on first use
 
     @classmethod
     def open(cls, coco: dict[str, Any], output_path: str, num_points: int, seed: int,
@@ -386,35 +387,53 @@ class JobStore:
         return store
 
     def record(self, event: dict[str, Any]) -> None:
-        """Journal (fsync) then apply one event; snapshot every `snapshot_every` events."""
+        """Journal (fsync) then apply one event; snapshot every `snapshot_every` events.
+
+        Raises OSError, with the job unchanged, when the event cannot be journalled.
+        """
         event = {"seq": self.job.seq + 1, **event}
-        if self._journal is None:
-            self._journal = open(self.journal_path, "a", encoding="utf-8")
-        self._journal.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        self._append_to_journal((json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8"))
         self.job.apply(event)
         self._since_snapshot += 1
         if self._since_snapshot >= self.snapshot_every:
-            self.snapshot()
+            try:
+                self.snapshot()
+            except OSError as e:
+                # The event is safe in the journal; the snapshot is tried again next event.
+                warnings.warn(f"could not rewrite {self.output_path} ({e}); the journal keeps the labels")
+
+    def _append_to_journal(self, line: bytes) -> None:
+        if self._journal_fd is None:
+            self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        start = os.lseek(self._journal_fd, 0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(self._journal_fd, line[written:])
+            os.fsync(self._journal_fd)
+        except OSError:
+            # Cut off a partial line, so that the next event does not follow a torn one.
+            os.ftruncate(self._journal_fd, start)
+            raise
 
     def snapshot(self) -> None:
         """Atomically rewrite the output, then empty the journal it now contains."""
         atomic_write_json(self.output_path, self.job.to_output())
         # Killed between these two lines: the journal's events are all <= the snapshot's
         # seq and are skipped on replay.
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        with open(self.journal_path, "w"):
-            pass
+        if self._journal_fd is not None:
+            os.ftruncate(self._journal_fd, 0)
+        else:
+            with open(self.journal_path, "w"):
+                pass
         self._since_snapshot = 0
 
     def close(self) -> None:
+        """Final snapshot; the store is not used afterwards."""
         self.snapshot()
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
 
 
 def read_journal(path: str) -> list[dict[str, Any]]:

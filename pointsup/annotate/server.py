@@ -212,7 +212,10 @@ class AnnotateHandler(BaseHTTPRequestHandler):
                 event = server.store.job.make_event(op, body)
             except JobError as e:
                 return self.send_error_json(e.status, str(e), next=server.task())
-            server.store.record(event)  # journalled and fsynced before we answer
+            try:
+                server.store.record(event)  # journalled and fsynced before we answer
+            except OSError as e:  # e.g. disk full: say so rather than drop the connection
+                return self.send_error_json(HTTPStatus.INSUFFICIENT_STORAGE, f"could not save the label: {e}")
             if op == "flip":
                 return self.send_json(HTTPStatus.OK, server.describe(server.store.job.by_id[event["ann"]]))
             return self.send_json(HTTPStatus.OK, {"next": server.task()})

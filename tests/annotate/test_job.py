@@ -209,3 +209,24 @@ def test_progress_counters_match_a_recount_after_random_events(boxes):
         assert progress["labelled_points"] == sum(v is not None for o in not_skipped for v in o.labels)
         assert progress["complete_objects"] == sum(o.status == "complete" for o in job.objects)
     assert job.history  # the walk did label things
+
+
+def test_a_failed_journal_write_leaves_no_torn_line(boxes, tmp_path, monkeypatch):
+    coco, _ = boxes
+    output = str(tmp_path / "labels.json")
+    store = JobStore.open(coco, output, num_points=4, seed=0, snapshot_every=1000)
+    _label(store, 1)
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        _label(store, 0)
+    monkeypatch.setattr(os, "write", real_write)
+    assert store.job.by_id[1].labels == [1, None, None, None]  # not applied either
+    _label(store, 1)  # space again: the next event follows a complete line
+    assert [e["seq"] for e in read_journal(output + ".journal")] == [1, 2]
+    assert JobStore.open(coco, output, num_points=4, seed=0).job.by_id[1].labels == [1, 1, None, None]

@@ -157,3 +157,15 @@ def test_cli_explains_a_restart_with_other_arguments(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pointsup.annotate", *tool_args(json_path, image_dir, output, num_points=3)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--num-points 2 --seed 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_failed_save_is_reported_not_acknowledged(served, monkeypatch):
+    port, store = served
+
+    def disk_full(event):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "record", disk_full)
+    status, body = _request(port, "POST", "/api/label", {"ann_id": 1, "point_index": 0, "label": 1, "ms": 5})
+    assert status == 507 and "No space left" in body["error"]
+    assert store.job.by_id[1].labels[0] is None
