@@ -117,19 +117,25 @@ def rescale_detections(
     """One image's detections with `pred_mask_probs` (D, S, S) -> the model's output dict.
 
     Boxes are scaled from the `input_size` (H, W) frame into `output_size` (default: the
-    same) and the masks are pasted at the output size, giving `pred_masks` (D, H_out, W_out)
-    bool. The box grid is resolution-free, so no mask is ever resized twice.
+    same) and clipped to it; detections whose clipped box is empty are dropped, so the
+    output has D' <= D rows. The masks are pasted at the output size, giving `pred_masks`
+    (D', H_out, W_out) bool. The box grid is resolution-free, so no mask is ever resized twice.
     paste: "pointsup" (`paste_masks_in_image`) or "torchvision" (`paste_masks_torchvision`).
     """
     output_size = tuple(input_size if output_size is None else output_size)
     boxes_xyxy = rescale_boxes(detections["pred_boxes"], input_size, output_size)
+    # A box that lies outside the output image (or is degenerate) has no area once clipped:
+    # there is no object to report and nothing to paste. detectron2 (`detector_postprocess`,
+    # `Boxes.nonempty`) drops such detections too, so the outputs agree one to one.
+    keep = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])  # (D,)
     out = {
-        "pred_boxes": boxes_xyxy,
-        "pred_scores": detections["pred_scores"],
-        "pred_classes": detections["pred_classes"],
+        "pred_boxes": boxes_xyxy[keep],
+        "pred_scores": detections["pred_scores"][keep],
+        "pred_classes": detections["pred_classes"][keep],
     }
     if "pred_mask_probs" in detections:
         if paste not in PASTE_FUNCTIONS:
             raise ValueError(f"paste must be one of {sorted(PASTE_FUNCTIONS)}, got {paste!r}")
-        out["pred_masks"] = PASTE_FUNCTIONS[paste](detections["pred_mask_probs"], boxes_xyxy, output_size, mask_threshold)
+        mask_probs = detections["pred_mask_probs"][keep]  # (D', S, S)
+        out["pred_masks"] = PASTE_FUNCTIONS[paste](mask_probs, out["pred_boxes"], output_size, mask_threshold)
     return out

@@ -73,3 +73,34 @@ def test_rescale_detections_to_output_size():
     assert out["pred_masks"][0].sum() == 30 * 20 and out["pred_masks"][0, 10:30, 30:60].all()
     with pytest.raises(ValueError, match="paste must be one of"):  # a typo is an error, not a fallback
         rescale_detections(detections, input_size=(30, 40), paste="torchvison")
+
+
+def test_detections_empty_after_clipping_are_dropped():
+    # As detectron2's detector_postprocess (Boxes.nonempty after clip): a box that lies on or
+    # beyond the image border has no area once clipped and is not reported.
+    boxes_xyxy = torch.tensor(
+        [
+            [10.0, 5.0, 20.0, 15.0],  # inside: kept
+            [40.0, 10.0, 40.0, 20.0],  # zero width on the right edge
+            [45.0, 2.0, 52.0, 9.0],  # right of the image: zero width once clipped
+            [5.0, -8.0, 15.0, -1.0],  # above the image: zero height once clipped
+            [35.0, 25.0, 48.0, 36.0],  # partly outside: clipped to [35, 25, 40, 30], kept
+        ]
+    )
+    detections = {
+        "pred_boxes": boxes_xyxy,
+        "pred_scores": torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]),
+        "pred_classes": torch.tensor([1, 2, 3, 4, 5]),
+        "pred_mask_probs": torch.ones(5, 28, 28),
+    }
+    for paste in ("pointsup", "torchvision"):
+        out = rescale_detections(detections, input_size=(30, 40), output_size=(60, 80), paste=paste)  # x2
+        torch.testing.assert_close(out["pred_boxes"], torch.tensor([[20.0, 10.0, 40.0, 30.0], [70.0, 50.0, 80.0, 60.0]]))
+        assert out["pred_scores"].tolist() == pytest.approx([0.9, 0.5])
+        assert out["pred_classes"].tolist() == [1, 5]
+        assert out["pred_masks"].shape == (2, 60, 80)
+        assert out["pred_masks"][0, 10:30, 20:40].all() and out["pred_masks"][1, 50:60, 70:80].all()
+    # Without masks (a box-only model) the same rows are dropped.
+    no_masks = {k: v for k, v in detections.items() if k != "pred_mask_probs"}
+    out = rescale_detections(no_masks, input_size=(30, 40))
+    assert out["pred_classes"].tolist() == [1, 5] and "pred_masks" not in out
