@@ -6,7 +6,6 @@ never point at a poisoned checkpoint, and SIGINT / SIGTERM saving the current it
 import json
 import os
 import signal
-import shutil
 
 import pytest
 import torch
