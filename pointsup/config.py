@@ -45,6 +45,10 @@ class DataConfig:
     max_size_train: int = 256
     min_size_test: int = 128
     max_size_test: int = 256
+    # How images are resized (`pointsup.data.transforms.resize_image`): "torch" = antialiased
+    # bilinear on the float image; "pil" = PIL bilinear on the 8-bit image, detectron2's
+    # resize exactly (use it with detectron2 / MSRA weights, see docs/MODEL_ZOO.md).
+    resize_backend: str = "torch"
     random_flip: bool = True
     random_crop: bool = False
     crop_size: list[float] = field(default_factory=lambda: [0.7, 0.7])  # relative (h, w)
@@ -384,6 +388,7 @@ CHOICES = {
     "model.meta_architecture": ("rcnn", "condinst"),
     "model.input_format": ("RGB", "BGR"),
     "model.mask_paste": ("pointsup", "torchvision"),
+    "data.resize_backend": ("torch", "pil"),
     "model.backbone.depth": (18, 34, 50, 101),
     "model.backbone.norm": ("FrozenBN", "BN", "SyncBN", "GN", ""),
     "model.backbone.fpn_norm": ("", "GN"),

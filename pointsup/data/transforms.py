@@ -5,7 +5,8 @@ Shape letters: M instances, P points per instance, H x W the image before, H' x 
 Every transform is a callable `(image (3, H, W) float32, targets) -> (image, targets)`.
 All geometry is done in the continuous image frame of `pointsup.structures` (pixel (i, j)
 covers [j, j+1) x [i, i+1)), so a point keeps lying in the same pixel content:
-    resize  x' = x * W' / W        (masks: nearest with pixel-centre alignment)
+    resize  x' = x * W' / W        (image: bilinear, "torch" or "pil" backend, both with
+                                    pixel-centre alignment; masks: nearest, the same alignment)
     flip    x' = W - x             (boxes: x0' = W - x1, x1' = W - x0)
     crop    x' = x - left          (points leaving the crop get label -1 = ignore)
 Randomness comes from torch's global RNG, so each DataLoader worker (seeded differently by
@@ -17,8 +18,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from pointsup.config import DataConfig
@@ -42,23 +45,57 @@ class Compose:
         return f"Compose({self.transforms})"
 
 
+# How `resize_image` resamples the image (config `data.resize_backend`).
+RESIZE_BACKENDS = ("torch", "pil")
+
+
 def resized_shape(H: int, W: int, short_size: int, max_size: int) -> tuple[int, int]:
-    """(H', W') with the short side `short_size`, long side capped at `max_size` (detectron2 rule)."""
+    """(H', W') with the short side `short_size`, long side capped at `max_size`.
+
+    detectron2's rule with its float arithmetic (`ResizeShortestEdge.get_output_shape`): the
+    short side is set first, then both sides are rescaled if the long one is too long, so a
+    side that lands on exactly .5 rounds the same way as in detectron2.
+    """
     scale = short_size / min(H, W)
-    if max(H, W) * scale > max_size:
-        scale = max_size / max(H, W)
-    return max(1, int(H * scale + 0.5)), max(1, int(W * scale + 0.5))
+    new_h, new_w = (float(short_size), scale * W) if H < W else (scale * H, float(short_size))
+    if max(new_h, new_w) > max_size:
+        cap = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * cap, new_w * cap
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
-def resize(image: Tensor, targets: InstanceTargets, size: tuple[int, int]) -> tuple[Tensor, InstanceTargets]:
-    """Resize image (3, H, W) and targets to size (H', W')."""
+def resize_image(image: Tensor, size: tuple[int, int], backend: str = "torch") -> Tensor:
+    """Bilinear resize of image (3, H, W) float in [0, 255] to size (H', W') -> (3, H', W') float.
+
+    Both backends put pixel (i', j')'s centre at ((j' + 0.5) * W / W', (i' + 0.5) * H / H')
+    and widen the filter when shrinking (antialiasing), so the boxes, masks and points moved
+    by `resize` stay on the same content with either. They differ in the arithmetic:
+      "torch": `F.interpolate(..., antialias=True)` on the float image (float result);
+      "pil":   PIL's bilinear resize of the image rounded to 8 bits, with an 8-bit result:
+               what detectron2's `ResizeTransform` does to the uint8 image it reads, pixel for
+               pixel (its checkpoints were trained and evaluated on such pixels).
+    """
+    H2, W2 = size
+    if backend == "torch":
+        image = F.interpolate(image[None], size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)[0]
+        return image.clamp(0.0, 255.0)
+    if backend == "pil":
+        # An image read from a file holds integers already; rounding only matters for float input.
+        pixels_hwc = image.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()  # (H, W, 3)
+        resized = Image.fromarray(pixels_hwc).resize((W2, H2), Image.BILINEAR)  # PIL takes (width, height)
+        return torch.from_numpy(np.array(resized)).permute(2, 0, 1).float()  # (3, H', W')
+    raise ValueError(f"resize backend must be one of {RESIZE_BACKENDS}, got {backend!r}")
+
+
+def resize(
+    image: Tensor, targets: InstanceTargets, size: tuple[int, int], backend: str = "torch"
+) -> tuple[Tensor, InstanceTargets]:
+    """Resize image (3, H, W) and targets to size (H', W'); backend as in `resize_image`."""
     H, W = image.shape[-2:]
     H2, W2 = size
     if (H2, W2) == (H, W):
         return image, targets
-    # Antialias when shrinking, like PIL's bilinear resize used by detectron2.
-    image = F.interpolate(image[None], size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)[0]
-    image = image.clamp(0.0, 255.0)
+    image = resize_image(image, (H2, W2), backend)
     sx, sy = W2 / W, H2 / H
     scale_xy = torch.tensor([sx, sy], dtype=torch.float32)
     masks = targets.masks
@@ -78,21 +115,28 @@ def resize(image: Tensor, targets: InstanceTargets, size: tuple[int, int]) -> tu
 
 
 class ResizeShortestEdge:
-    """Resize so the short side is a random choice of `short_sizes`, long side <= `max_size`."""
+    """Resize so the short side is a random choice of `short_sizes`, long side <= `max_size`.
 
-    def __init__(self, short_sizes: Sequence[int], max_size: int) -> None:
+    backend: "torch" or "pil" (`resize_image`); "pil" with sizes [800] / 1333 is detectron2's
+    test-time resize exactly.
+    """
+
+    def __init__(self, short_sizes: Sequence[int], max_size: int, backend: str = "torch") -> None:
         if len(short_sizes) == 0:
             raise ValueError("short_sizes must not be empty")
+        if backend not in RESIZE_BACKENDS:
+            raise ValueError(f"resize backend must be one of {RESIZE_BACKENDS}, got {backend!r}")
         self.short_sizes = [int(s) for s in short_sizes]
         self.max_size = int(max_size)
+        self.backend = backend
 
     def __call__(self, image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
         short = self.short_sizes[int(torch.randint(len(self.short_sizes), ()))]
         H, W = image.shape[-2:]
-        return resize(image, targets, resized_shape(H, W, short, self.max_size))
+        return resize(image, targets, resized_shape(H, W, short, self.max_size), self.backend)
 
     def __repr__(self) -> str:
-        return f"ResizeShortestEdge(short_sizes={self.short_sizes}, max_size={self.max_size})"
+        return f"ResizeShortestEdge(short_sizes={self.short_sizes}, max_size={self.max_size}, backend={self.backend!r})"
 
 
 def hflip(image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
@@ -238,7 +282,7 @@ def build_train_transforms(data_cfg: DataConfig) -> Compose:
     transforms: list[Transform] = []
     if data_cfg.random_crop:
         transforms.append(RandomCrop(data_cfg.crop_size))
-    transforms.append(ResizeShortestEdge(data_cfg.min_size_train, data_cfg.max_size_train))
+    transforms.append(ResizeShortestEdge(data_cfg.min_size_train, data_cfg.max_size_train, data_cfg.resize_backend))
     if data_cfg.random_flip:
         transforms.append(RandomHorizontalFlip(0.5))
     if data_cfg.point_aug:
@@ -247,5 +291,5 @@ def build_train_transforms(data_cfg: DataConfig) -> Compose:
 
 
 def build_test_transforms(data_cfg: DataConfig) -> Compose:
-    """A single deterministic resize."""
-    return Compose([ResizeShortestEdge([data_cfg.min_size_test], data_cfg.max_size_test)])
+    """A single deterministic resize (used by evaluation, `predict` and self-training alike)."""
+    return Compose([ResizeShortestEdge([data_cfg.min_size_test], data_cfg.max_size_test, data_cfg.resize_backend)])

@@ -3,8 +3,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from pointsup.config import DataConfig
+from pointsup.config import ConfigError, DataConfig, load_config
 from pointsup.data.coco import CocoInstanceDataset
 from pointsup.data.transforms import (
     Compose,
@@ -17,6 +18,8 @@ from pointsup.data.transforms import (
     crop,
     hflip,
     resize,
+    resize_image,
+    resized_shape,
 )
 from pointsup.structures import InstanceTargets
 
@@ -77,6 +80,7 @@ def test_labels_match_untransformed_mask(samples):
         ("flip", RandomHorizontalFlip(1.0), True),
         ("crop", RandomCrop((0.6, 0.7)), True),
         ("resize", ResizeShortestEdge([48, 80, 112, 150], 200), False),
+        ("resize_pil", ResizeShortestEdge([48, 80, 112, 150], 200, backend="pil"), False),
         ("all", Compose([RandomCrop((0.7, 0.7)), ResizeShortestEdge([48, 96, 144], 256), RandomHorizontalFlip(0.5)]), False),
     ],
 )
@@ -199,3 +203,83 @@ def test_build_transforms_from_config(samples):
     assert min(image.shape[-2:]) in (96, 112) and t.point_labels.shape[1] == 5
     image, t = build_test_transforms(DataConfig(min_size_test=80, max_size_test=300))(samples[0].image, samples[0].targets)
     assert image.shape[-2:] == (80, 80) and t.point_labels.shape[1] == 10
+
+
+def _pil_bilinear(image_u8_hwc: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """The oracle: PIL's bilinear resize of the uint8 image, as detectron2's ResizeTransform."""
+    resized = Image.fromarray(image_u8_hwc).resize((size[1], size[0]), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float()
+
+
+@pytest.mark.parametrize("size", [(24, 35), (80, 117), (13, 50), (37, 53), (60, 20)])
+def test_pil_backend_gives_pils_pixels_exactly(size):
+    # Shrinking, enlarging, non-integer and mixed factors from a 37 x 53 image.
+    u8 = np.random.default_rng(0).integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    image = torch.from_numpy(u8).permute(2, 0, 1).float()  # (3, H, W) RGB as the data sets load it
+    expected = _pil_bilinear(u8, size)
+    assert torch.equal(resize_image(image, size, backend="pil"), expected)
+    t = InstanceTargets.empty((37, 53))
+    out, _ = resize(image, t, size, backend="pil")
+    assert torch.equal(out, expected)
+    if size != (37, 53):  # the default backend is a different, float resampling
+        assert not torch.equal(resize_image(image, size), expected)
+    with pytest.raises(ValueError, match="resize backend"):
+        resize_image(image, size, backend="PIL")
+
+
+def test_pil_backend_through_config_transforms(samples):
+    # The transforms that train, evaluate, predict and self-training build from data.*:
+    # the test resize is PIL's resize at detectron2's output size.
+    u8 = np.random.default_rng(1).integers(0, 256, size=(48, 90, 3), dtype=np.uint8)
+    image = torch.from_numpy(u8).permute(2, 0, 1).float()
+    cfg = DataConfig(min_size_test=80, max_size_test=133, min_size_train=[64], max_size_train=133,
+                     random_flip=False, resize_backend="pil")
+    out, t = build_test_transforms(cfg)(image, InstanceTargets.empty((48, 90)))
+    assert out.shape[-2:] == (71, 133) == t.image_size  # long side capped: 90 * 80 / 48 > 133
+    assert torch.equal(out, _pil_bilinear(u8, (71, 133)))
+    out, t = build_train_transforms(cfg)(image, InstanceTargets.empty((48, 90)))
+    assert torch.equal(out, _pil_bilinear(u8, (64, 120)))
+    assert all(r.backend == "pil" for r in build_train_transforms(cfg).transforms if isinstance(r, ResizeShortestEdge))
+    assert load_config(None, ["data.resize_backend=pil"]).data.resize_backend == "pil"
+    with pytest.raises(ConfigError, match="data.resize_backend"):
+        load_config(None, ["data.resize_backend=PIL"])
+
+
+def test_pil_backend_moves_boxes_masks_points_with_the_image(samples):
+    # Geometry does not depend on the backend: the targets are the same as with "torch" ...
+    s = samples[2]
+    H, W = s.targets.image_size
+    size = resized_shape(H, W, 90, 200)
+    image_torch, t_torch = resize(s.image, s.targets, size)
+    image_pil, t_pil = resize(s.image, s.targets, size, backend="pil")
+    assert t_pil.image_size == t_torch.image_size == size
+    for name in ("boxes", "masks", "point_coords", "point_labels", "classes"):
+        assert torch.equal(getattr(t_pil, name), getattr(t_torch, name)), name
+    # ... and the image content moves with them: a white object on black, resized by PIL, is
+    # above half intensity exactly on the resized mask, except where its edge blurs (a pixel
+    # whose 3 x 3 neighbourhood in the resized mask is mixed).
+    mask = s.targets.masks[0]  # (H, W)
+    object_image = mask.float()[None].expand(3, -1, -1) * 255
+    resized_object, t = resize(object_image, s.targets, size, backend="pil")
+    resized_mask = t.masks[0].float()[None, None]
+    any_obj = torch.nn.functional.max_pool2d(resized_mask, 3, stride=1, padding=1)[0, 0] > 0.5
+    all_obj = -torch.nn.functional.max_pool2d(-resized_mask, 3, stride=1, padding=1)[0, 0] > 0.5
+    interior = all_obj | ~any_obj  # (H', W') pixels away from the edge
+    bright = resized_object[0] > 127.5
+    assert torch.equal(bright[interior], t.masks[0][interior])
+    assert interior.float().mean() > 0.8
+    # The resized box still encloses the bright pixels.
+    ys, xs = torch.nonzero(bright, as_tuple=True)
+    x0, y0, x1, y1 = t.boxes[0].tolist()
+    assert xs.min() >= int(x0) - 1 and xs.max() <= x1 and ys.min() >= int(y0) - 1 and ys.max() <= y1
+
+
+def test_resized_shape_rounds_half_sides_as_detectron2():
+    # detectron2 sets the short side first and then rescales both when the long side is too
+    # long; at sides of exactly .5 the float arithmetic decides (values from detectron2's
+    # ResizeShortestEdge.get_output_shape).
+    assert resized_shape(11, 22, 800, 1333) == (666, 1333)
+    assert resized_shape(22, 11, 800, 1333) == (1333, 666)
+    assert resized_shape(320, 640, 800, 1333) == (667, 1333)
+    assert resized_shape(480, 640, 800, 1333) == (800, 1067)
+    assert resized_shape(512, 512, 800, 1333) == (800, 800)
