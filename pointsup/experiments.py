@@ -280,7 +280,7 @@ class Planner:
         steps = sorted({max(1, int(iters * 0.75)), max(1, int(iters * 0.9))})
         warmup = min(100, iters // 4)
         return [f"solver.max_iter={iters}", f"solver.steps={steps}", f"solver.warmup_iters={warmup}",
-                "checkpoint_period=0", "num_vis=0", f"data.num_workers={self.args.num_workers}"]
+                "checkpoint_period=0", "eval_period=0", "num_vis=0", f"data.num_workers={self.args.num_workers}"]
 
     def run(self, study: str, label: str, config: str, train_json: str, seed: int, extra: list[str] = (),
             iters: int | None = None, **kwargs) -> Run:

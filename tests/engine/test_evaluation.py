@@ -62,3 +62,24 @@ def test_results_use_coco_ids_xywh_and_rle():
     assert result["bbox"] == pytest.approx([1.0, 2.0, 4.0, 8.0])
     assert result["segmentation"]["size"] == [12, 8] and isinstance(result["segmentation"]["counts"], str)
     json.dumps(result)
+
+
+def test_num_images_evaluates_a_fixed_subset(tiny_val):
+    json_path, dataset = tiny_val
+    model = OracleModel(json_path, dataset.contiguous_to_category_id)
+    calls = []
+    original = model.forward
+
+    def counting_forward(images, *args, **kwargs):
+        calls.append(images.shape[0])
+        return original(images, *args, **kwargs)
+
+    model.forward = counting_forward
+    metrics = evaluate_coco(model, dataset, num_images=1)
+    assert sum(calls) == 1  # inference ran on one image only ...
+    # ... and COCOeval scored that image only: the oracle is still perfect (the other
+    # images' GT would count as misses if they were included).
+    assert metrics["bbox"]["AP"] == pytest.approx(100.0)
+    calls.clear()
+    evaluate_coco(model, dataset, num_images=0)
+    assert sum(calls) == len(dataset)

@@ -26,7 +26,7 @@ def test_default_job_tiny(tmp_path):
     metrics = train.cli(["--output-dir", out, "--set", f"data.synthetic_dir={data}", *TINY])
 
     # every promised file
-    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "loss_curve.png", "last_checkpoint",
+    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "loss_curve.png", "ap_curve.png", "last_checkpoint",
                  "model_0000002.pth", "model_final.pth"):
         assert os.path.exists(os.path.join(out, name)), name
     assert len([n for n in os.listdir(os.path.join(out, "vis")) if n.endswith(".png")]) == 2
