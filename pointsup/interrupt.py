@@ -28,10 +28,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving `checkpoint` at `iteration`."""
 
-    def __init__(self, signum: int, iteration: int, checkpoint: str | None):
+    def __init__(self, signum: int, iteration: int, checkpoint: str | None, last_good: str | None = None):
         self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
         name = signal.Signals(signum).name
-        saved = f"saved {checkpoint}; continue with --resume" if checkpoint else "no checkpoint could be saved"
+        if checkpoint:
+            saved = f"saved {checkpoint}; continue with --resume"
+        else:  # e.g. right after a loss spike (pointsup/divergence.py)
+            saved = f"no checkpoint saved at this iteration; --resume continues from {last_good or 'scratch'}"
         super().__init__(f"{name} received: stopped after iteration {iteration}, {saved}")
 
     @property

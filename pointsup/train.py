@@ -399,7 +399,7 @@ def _main(cfg: Config, resume: bool, overwrite: bool, model: nn.Module | None, t
         if cfg.eval_period > 0 and iteration % cfg.eval_period == 0 and iteration < solver.max_iter:
             evaluate(iteration)
         if stop.requested() and iteration < solver.max_iter:  # SIGINT / SIGTERM: save this iteration, stop
-            raise TrainingInterrupted(stop.signum, iteration, save(iteration, confirmed=True))
+            raise TrainingInterrupted(stop.signum, iteration, save(iteration, confirmed=True), guard.last_good)
     progress.close()
     stop.close()  # from here on a signal stops the process as usual
 
