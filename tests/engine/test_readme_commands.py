@@ -61,7 +61,14 @@ def file_bytes(folder):
 def test_readme_evaluate_predict_self_training_commands(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(os.path.join(REPO, "README.md")) as f:
-        assert "```bash\npython -m pointsup.train\n```" in f.read()
+        readme = f.read()
+    assert "```bash\npython -m pointsup.train\n```" in readme
+    # the README names the default job's data folder: it must be the one the defaults create
+    from pointsup.config import load_config
+    from pointsup.train import synthetic_folder_name
+
+    data = load_config().data
+    assert f"D={data.synthetic_dir}/{synthetic_folder_name(data)} " in readme
     train.cli(["--set", *TINY])  # `python -m pointsup.train` at tiny scale: output/ and .cache/
     run_files = file_bytes("output")
     (tiny_data,) = os.listdir(".cache/pointsup/synthetic")
