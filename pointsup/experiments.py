@@ -298,6 +298,8 @@ class Planner:
         runs = []
         for seed in self.seeds():
             for model, stem in MODELS.items():
+                if stem not in self.args.models:
+                    continue
                 runs.append(self.run("supervision", f"{model} masks", f"{stem}_masks", masks, seed, group="masks"))
                 if stem == "mask_rcnn":  # the paper reports Mask R-CNN both ways
                     runs.append(self.run("supervision", f"{model} P10", f"{stem}_P10", p10, seed, group="P10"))
@@ -567,6 +569,7 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
              f"- scale: " + (f"{args.iters} iterations per run (2x for `schedule`), LR steps at 75% / 90%"
                              if args.iters else "each config's own schedule")
              + f", configs/{args.config_set} models; {args.jobs} runs at a time, {args.threads} thread(s) each",
+             f"- supervision study models: {', '.join(args.models)}",
              f"- harness wall time this invocation: {wall_s / 60:.1f} min (finished runs are read, not retrained)", ""]
     for study, runs in plan.items():
         rows = summarize(runs, statuses)
@@ -612,6 +615,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--launcher", default=sys.executable,
                         help="command that runs `-m pointsup.train`, e.g. 'torchrun --nproc_per_node=8'")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--models", nargs="+", default=list(MODELS.values()), choices=list(MODELS.values()),
+                        help="models of the supervision study")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--num-workers", type=int, default=1, help="data-loader workers per run")
     parser.add_argument("--out", default="experiments", help="folder of the runs (and of derived data files)")
