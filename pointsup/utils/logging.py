@@ -10,7 +10,7 @@ import math
 import os
 from typing import Any
 
-from pointsup.utils.io import atomic_save
+from pointsup.utils.io import atomic_save, atomic_write_text
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -31,8 +31,8 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 def truncate_jsonl(path: str, max_iter: int) -> None:
     """Drop records logged after iteration `max_iter` (a resumed run redoes those)."""
     records = [r for r in read_jsonl(path) if r.get("iter", 0) <= max_iter]
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+    # atomic: a kill during the rewrite leaves the old log, never a truncated one
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
