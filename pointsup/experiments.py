@@ -387,7 +387,8 @@ def summarize(runs: list[Run], statuses: dict[str, dict]) -> list[dict]:
     rows: dict[str, dict] = {}
     for run in runs:
         row = rows.setdefault(run.label, {"label": run.label, "x": run.x, "group": run.group, "segm": [], "bbox": [],
-                                          "AP50": [], "AP75": [], "seeds": [], "failed": [], "wall_s": 0.0})
+                                          "AP50": [], "AP75": [], "seeds": [], "failed": [], "wall_s": 0.0,
+                                          "curve": {}})
         status = statuses.get(run.key(), {})
         metrics = run_finished(run)
         if metrics is None:
@@ -399,6 +400,8 @@ def summarize(runs: list[Run], statuses: dict[str, dict]) -> list[dict]:
         row["AP75"].append(segm.get("AP75", math.nan))
         row["bbox"].append(metrics["bbox"]["AP"])
         row["seeds"].append(run.seed)
+        for it, ap in eval_curve(run).items():  # mask AP of each logged evaluation, by iteration
+            row["curve"].setdefault(it, []).append(ap)
         wall = status.get("wall_s", math.nan)
         row["wall_s"] += 0.0 if wall is None or math.isnan(wall) else wall
     return list(rows.values())
@@ -482,17 +485,9 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
     if not rows:
         return False
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    if study == "supervision":
-        labels = [r["label"] for r in rows]
-        stats = [mean_std(r["segm"]) for r in rows]
-        colors = {"masks": "tab:blue", "P10": "tab:orange", "P10+aug": "tab:green"}
-        ax.bar(range(len(rows)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
-               color=[colors.get(r["group"], "gray") for r in rows])
-        ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel("mask AP (mean ± std over seeds)")
-    elif study == "schedule":
+    if study == "schedule":
         for group in dict.fromkeys(r["group"] for r in rows):
-            curve = schedule_curve([r for r in rows if r["group"] == group][0])
+            curve = [r for r in rows if r["group"] == group][0]["curve"]
             if curve:
                 its = sorted(curve)
                 stats = [mean_std(curve[i]) for i in its]
@@ -500,7 +495,15 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
         ax.set_xlabel("iteration")
         ax.set_ylabel("mask AP")
         ax.legend()
-    elif all(r["x"] is not None for r in rows):
+    elif any(r["x"] is None for r in rows):  # categorical: a bar per row (supervision, self-training)
+        labels = [r["label"] for r in rows]
+        stats = [mean_std(r["segm"]) for r in rows]
+        colors = {"masks": "tab:blue", "P10": "tab:orange", "P10+aug": "tab:green", "self-trained": "tab:purple"}
+        ax.bar(range(len(rows)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
+               color=[colors.get(r["group"], "gray") for r in rows])
+        ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("mask AP (mean ± std over seeds)")
+    else:
         for group in dict.fromkeys(r["group"] for r in rows):
             series = sorted((r for r in rows if r["group"] == group), key=lambda r: r["x"])
             stats = [mean_std(r["segm"]) for r in series]
@@ -514,9 +517,6 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
         ax.set_ylabel("mask AP (mean ± std)")
         if any(r["group"] for r in rows):
             ax.legend()
-    else:
-        plt.close(fig)
-        return False
     ax.grid(alpha=0.3)
     ax.set_title(study)
     fig.tight_layout()
@@ -527,24 +527,12 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
     return True
 
 
-_SCHEDULE_CURVES: dict[str, dict[int, list[float]]] = {}
-
-
-def schedule_curve(row: dict) -> dict[int, list[float]]:
-    return _SCHEDULE_CURVES.get(row["label"], {})
-
-
-def collect_curves(runs: list[Run]) -> None:
-    """Mask AP of every evaluation logged in each run's metrics.jsonl, by label and iteration."""
+def eval_curve(run: Run) -> dict[int, float]:
+    """Mask AP of every evaluation logged in the run's metrics.jsonl, by iteration."""
     from pointsup.utils.logging import ap_records, read_jsonl
 
-    for run in runs:
-        if run_finished(run) is None:
-            continue
-        curve = _SCHEDULE_CURVES.setdefault(run.label, {})
-        for it, record in ap_records(read_jsonl(os.path.join(run.folder, "metrics.jsonl"))):
-            if isinstance(record.get("segm"), dict):
-                curve.setdefault(it, []).append(record["segm"]["AP"])
+    return {it: record["segm"]["AP"] for it, record in ap_records(read_jsonl(os.path.join(run.folder, "metrics.jsonl")))
+            if isinstance(record.get("segm"), dict)}
 
 
 def git_commit() -> str:
@@ -573,8 +561,6 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
              f"- harness wall time this invocation: {wall_s / 60:.1f} min (finished runs are read, not retrained)", ""]
     for study, runs in plan.items():
         rows = summarize(runs, statuses)
-        if study == "schedule":
-            collect_curves(runs)
         reference = {
             "supervision": lambda r: r["label"].rsplit(" ", 1)[0] + " masks" if r["group"] != "masks" else None,
             "self_training": lambda r: "P10" if r["group"] != "P10" else None,

@@ -93,3 +93,43 @@ def test_dry_run_lists_every_study(tmp_path, capsys):
     # The point files were simulated by the harness from the masks, without masks.
     p10 = json.load(open(tmp_path / "runs" / "data" / "train_p10_seed0.json"))
     assert all(len(a["point_labels"]) == 10 and "segmentation" not in a for a in p10["annotations"])
+
+
+def test_report_of_every_study_from_finished_runs(tmp_path):
+    """write_report on runs whose metrics exist (no training): every study gets its table,
+    its claims and its plot, and mean ± std / ratios come from the files."""
+    import argparse
+
+    data_paths = generate_synthetic_dataset(str(tmp_path / "data"), num_train=6, num_val=2, image_size=64, seed=0)
+    argv = ["--study", "all", "--seeds", "2", "--iters", "10", "--out", str(tmp_path / "runs"),
+            "--train-json", data_paths["train_json"], "--train-images", data_paths["image_dir"],
+            "--val-json", data_paths["val_json"], "--val-images", data_paths["image_dir"]]
+    args = experiments.parse_args(argv)
+    data = experiments.Data("tiny", data_paths["train_json"], data_paths["image_dir"], data_paths["val_json"],
+                            data_paths["image_dir"], args.out)
+    plan = {study: getattr(experiments.Planner(data, args), study)() for study in args.study}
+    for runs in plan.values():
+        for k, run in enumerate(runs):
+            os.makedirs(run.folder, exist_ok=True)
+            ap = 10.0 + k + run.seed  # distinct, known values
+            metrics = {"bbox": {"AP": ap + 1}, "segm": {"AP": ap, "AP50": 2 * ap, "AP75": ap / 2}, "iteration": 10}
+            with open(os.path.join(run.folder, "metrics.json"), "w") as f:
+                json.dump(metrics, f)
+            with open(os.path.join(run.folder, "metrics.jsonl"), "w") as f:
+                for it in (5, 10):
+                    f.write(json.dumps({"iter": it, **metrics}) + "\n")
+    report_path = str(tmp_path / "report" / "report.md")
+    text = experiments.write_report(report_path, plan, {}, data, args, "python -m pointsup.experiments ...", 1.0)
+    for study in experiments.STUDIES:
+        assert f"## {study}" in text
+        assert os.path.exists(tmp_path / "report" / f"{study}.png"), study
+    rows = _table_rows(text)
+    # supervision, seeds paired: Mask R-CNN masks is run 0 (seed 0) and run 9 (seed 1) of the list
+    runs = plan["supervision"]
+    masks = [10.0 + k + r.seed for k, r in enumerate(runs) if r.label == "Mask R-CNN masks"]
+    p10 = [10.0 + k + r.seed for k, r in enumerate(runs) if r.label == "Mask R-CNN P10"]
+    mean, std = experiments.mean_std([a / b for a, b in zip(p10, masks)])
+    assert rows["Mask R-CNN P10"][5] == f"{mean:.2f} ± {std:.2f}"
+    assert rows["Mask R-CNN masks"][1] == experiments.fmt(*experiments.mean_std(masks))
+    assert "Implicit PointRend P10+aug − PointRend P10+aug" in text
+    assert "annotation hours" in text
