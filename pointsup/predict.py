@@ -1,6 +1,10 @@
 """Draw a trained model's predictions and write them as COCO results:
 
-    python -m pointsup.predict --config C --weights W --input IMG_OR_DIR --output DIR [--score-thresh 0.5]
+    python -m pointsup.predict --weights W --input IMG_OR_DIR --output DIR [--score-thresh 0.5] [--config C]
+
+The model is rebuilt from the config stored in the checkpoint (`--config` replaces it,
+`--set` overrides either); this is `pointsup.Predictor` (pointsup/predictor.py) run over
+files.
 
 Every readable image `name.ext` becomes DIR/name.ext.png (masks, boxes, class names and
 scores drawn on the original image; the source extension stays in the name, so a.jpg and
@@ -22,14 +26,12 @@ import sys
 import warnings
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pointsup.config import Config, load_config
 from pointsup.data.collate import pad_images
-from pointsup.structures import InstanceTargets
+from pointsup.predictor import Predictor
 from pointsup.utils.io import atomic_save_png, atomic_write_json
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -106,108 +108,53 @@ def check_no_input_overwritten(paths: list[str], out_dir: str) -> None:
         seen[out] = path
 
 
-def load_model_for_inference(cfg: Config, weights: str, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """Build the model from `cfg` and load a pointsup checkpoint; returns (model, class_names).
-    The file is read with weights_only=True: a checkpoint that would run code is refused."""
-    model, class_names, _ = load_model_and_categories(cfg, weights, device)
-    return model, class_names
-
-
-def load_model_and_categories(cfg: Config, weights: str, device: torch.device) -> tuple[nn.Module, list[str], list[int]]:
-    """As `load_model_for_inference`, plus the data set's category id of each class (empty when
-    the checkpoint predates storing them)."""
-    from pointsup.checkpoint import CheckpointError, load_checkpoint
-    from pointsup.models import build_model
-
-    state = load_checkpoint(weights)
-    class_names = state.get("class_names")
-    num_classes = cfg.model.num_classes or (len(class_names) if class_names else 0)
-    if num_classes == 0:
-        raise ValueError(f"{weights} does not store class names: set model.num_classes")
-    model = build_model(cfg, num_classes)
-    weights_dict = state["model"] if "model" in state else state
-    try:
-        model.load_state_dict(weights_dict)
-    except RuntimeError as e:
-        raise CheckpointError(f"{weights} does not fit the configured model: {e}") from None
-    class_names = class_names or [str(k) for k in range(num_classes)]
-    return model.to(device).eval(), class_names, list(state.get("category_ids") or [])
-
-
-def coco_results(prediction: dict[str, Tensor], image_id: int, file_name: str, class_names: list[str],
-                 category_ids: list[int], score_thresh: float) -> list[dict]:
-    """Detections with score >= score_thresh as COCO result dicts (RLE masks, xywh boxes).
-    category_id is the data set's id when the checkpoint stores them, else the class index."""
-    keep = prediction["pred_scores"] >= score_thresh  # (D,)
-    boxes = prediction["pred_boxes"][keep].cpu()  # (D', 4) xyxy
-    scores = prediction["pred_scores"][keep].cpu().tolist()
-    classes = prediction["pred_classes"][keep].cpu().tolist()
-    rles = [None] * len(scores)
-    if "pred_masks" in prediction:
-        masks = prediction["pred_masks"][keep].cpu().numpy().astype(np.uint8)  # (D', H, W)
-        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
-    results = []
-    for (x0, y0, x1, y1), score, k, rle in zip(boxes.tolist(), scores, classes, rles):
-        result = {"image_id": image_id, "file_name": file_name,
-                  "category_id": category_ids[k] if category_ids else k, "category_name": class_names[k],
-                  "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(score, 5)}
-        if rle is not None:
-            result["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
-        results.append(result)
-    return results
-
-
-@torch.no_grad()
-def predict_files(model: nn.Module, class_names: list[str], cfg: Config, paths: list[str], out_dir: str,
-                  device: torch.device, score_thresh: float = 0.5, category_ids: list[int] | None = None,
-                  ) -> tuple[list[str], list[dict], list[tuple[str, str]]]:
+def predict_files(predictor: Predictor, paths: list[str], out_dir: str) -> tuple[list[str], list[dict], list[tuple[str, str]]]:
     """Draw each image to `output_path(path, out_dir)`; returns (PNGs written, COCO results,
     [(path, reason)] of the inputs that could not be read)."""
     from pointsup.data.coco import load_image_rgb
-    from pointsup.data.transforms import build_test_transforms
 
     check_no_input_overwritten(paths, out_dir)
-    transforms = build_test_transforms(cfg.data)
     written, results, failed = [], [], []
     for image_id, path in enumerate(paths, start=1):
         try:
-            image_np = load_image_rgb(path)  # (H, W, 3) uint8; 16-bit images scaled, not clipped
+            image = load_image_rgb(path)  # (H, W, 3) uint8; 16-bit images scaled, not clipped
         except (OSError, ValueError) as e:  # unreadable or not an image: report it, keep going
             failed.append((path, str(e)))
             continue
-        H, W = image_np.shape[:2]
-        image = torch.from_numpy(image_np.copy()).permute(2, 0, 1).float()  # (3, H, W)
-        resized, _ = transforms(image, InstanceTargets.empty((H, W)))
-        h, w = resized.shape[-2:]
-        (prediction,) = model(pad_images([resized]).to(device), [(h, w)], output_sizes=[(H, W)])
+        prediction = predictor(image)
         out_path = output_path(path, out_dir)
-        atomic_save_png(out_path, draw_prediction(image, prediction, class_names, score_thresh))
+        atomic_save_png(out_path, np.asarray(prediction.draw()))
         written.append(out_path)
-        results += coco_results(prediction, image_id, os.path.basename(path), class_names,
-                                category_ids or [], score_thresh)
+        results += prediction.to_coco(image_id, file_name=os.path.basename(path))
     return written, results, failed
 
 
-def cli(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description="Draw a model's predictions on images and write them as COCO results.")
-    parser.add_argument("--config", default=None, help="YAML config the model was trained with")
-    parser.add_argument("--weights", required=True, help="a pointsup checkpoint (model_*.pth)")
-    parser.add_argument("--input", required=True, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, help="folder for the PNGs and predictions.json")
-    parser.add_argument("--score-thresh", type=float, default=0.5)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pointsup.predict",
+                                     description="Draw a model's predictions on images and write them as COCO results.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--weights", required=True, default=argparse.SUPPRESS, help="a pointsup checkpoint (model_*.pth)")
+    parser.add_argument("--input", required=True, default=argparse.SUPPRESS, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, default=argparse.SUPPRESS,
+                        help=f"folder for the PNGs and {RESULTS_NAME} (never an input's file)")
+    parser.add_argument("--config", default=None,
+                        help="YAML config of the model; None = the config stored in the checkpoint")
+    parser.add_argument("--score-thresh", type=float, default=0.5,
+                        help="draw and write only detections with at least this score")
     parser.add_argument("--skip-bad", action="store_true", help="warn about unreadable inputs instead of exiting with status 1")
-    parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
+                        help="config overrides on top of --config or the stored config, e.g. data.min_size_test=800")
+    return parser
 
-    cfg = load_config(args.config, args.set)
+
+def cli(argv: list[str] | None = None) -> list[str]:
+    args = build_parser().parse_args(argv)
     paths = list_images(args.input)
     if not paths:
         raise SystemExit(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.input}")
     check_no_input_overwritten(paths, args.output)  # before the model is even loaded
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, class_names, category_ids = load_model_and_categories(cfg, args.weights, device)
-    written, results, failed = predict_files(model, class_names, cfg, paths, args.output, device, args.score_thresh,
-                                             category_ids)
+    predictor = Predictor(args.weights, args.config, args.set, score_thresh=args.score_thresh)
+    written, results, failed = predict_files(predictor, paths, args.output)
     if written:
         atomic_write_json(os.path.join(args.output, RESULTS_NAME), results)
     print(f"wrote {len(written)} PNGs and {RESULTS_NAME} ({len(results)} detections) to {args.output}")

@@ -92,7 +92,7 @@ def pseudo_label_coco(model: nn.Module, coco: dict, image_dir: str, cfg: Config,
 
 
 def cli(argv: list[str] | None = None) -> str:
-    from pointsup.predict import load_model_for_inference
+    from pointsup.predictor import load_model_for_inference
     from pointsup.train import prepare_synthetic_data, resolve_device
 
     parser = argparse.ArgumentParser(description="Pseudo masks for the training set from GT boxes (self-training).")

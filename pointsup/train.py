@@ -42,6 +42,7 @@ from pointsup.divergence import DivergenceGuard
 from pointsup.evaluation import evaluate_coco, format_metrics
 from pointsup.interrupt import StopRequest, TrainingInterrupted
 from pointsup.utils import distributed as dist_utils
+from pointsup.utils.callable_module import make_callable
 from pointsup.utils.io import atomic_write_json
 from pointsup.utils.logging import append_jsonl, draw_ap_curve, draw_loss_curve, read_jsonl, truncate_jsonl
 
@@ -419,12 +420,13 @@ def _main(cfg: Config, resume: bool, overwrite: bool, model: nn.Module | None, t
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="YAML config (default: the built-in default job)")
+    parser = argparse.ArgumentParser(prog="python -m pointsup.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML config; None = the built-in default job")
     parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
                         help="override config values, e.g. --set solver.max_iter=100 model.mask_head.supervision=masks")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
-    parser.add_argument("--output-dir", default=None, help="shortcut for --set output_dir=D")
+    parser.add_argument("--output-dir", default=None, help="shortcut for --set output_dir=D; None = the config's output_dir")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the training run in the output dir (without it, such a folder is refused)")
     return parser.parse_args(argv)
@@ -445,6 +447,9 @@ def cli(argv: list[str] | None = None) -> dict:
         print(json.dumps({k: v for k, v in metrics.items() if k in ("bbox", "segm")}))
     return metrics
 
+
+# `pointsup.train(cfg)` runs `main`: the module is callable (pointsup/utils/callable_module.py).
+make_callable(__name__, "main")
 
 if __name__ == "__main__":
     cli()
