@@ -206,7 +206,7 @@ class Predictor:
 
         image_hwc = image_to_uint8_hwc(image)  # (H, W, 3) uint8
         H, W = image_hwc.shape[:2]
-        image_chw = torch.from_numpy(np.ascontiguousarray(image_hwc)).permute(2, 0, 1).float()  # (3, H, W) 0..255
+        image_chw = torch.from_numpy(image_hwc.copy()).permute(2, 0, 1).float()  # (3, H, W) 0..255
         resized, _ = self.transforms(image_chw, InstanceTargets.empty((H, W)))  # (3, h, w)
         h, w = resized.shape[-2:]
         # Padded to a multiple of 32 as in training; boxes and masks come back in the (H, W) frame.
