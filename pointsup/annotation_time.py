@@ -163,13 +163,14 @@ def report(costs: Costs, instances: int, fractions: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pointsup.annotation_time",
-                                     description="Annotation time of boxes, masks and points (paper Table 6, Figure 6).")
+                                     description="Annotation time of boxes, masks and points (paper Table 6, Figure 6).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--instances", type=int, default=COCO_TRAIN2017_INSTANCES,
-                        help="number of instances (default: COCO train2017)")
+                        help="number of instances (COCO train2017's)")
     speed = parser.add_mutually_exclusive_group()
-    speed.add_argument("--seconds-per-point", type=float, default=None, help="default 0.9 (paper)")
-    speed.add_argument("--timing", help="a pointsup.annotate output: use its measured seconds per point")
-    parser.add_argument("--num-points", type=int, default=None, help="N of P_N (default 10, or the --timing job's)")
+    speed.add_argument("--seconds-per-point", type=float, default=None, help="seconds per point; None = 0.9 (paper)")
+    speed.add_argument("--timing", help="a pointsup.annotate output: use its measured seconds per point; None = not used")
+    parser.add_argument("--num-points", type=int, default=None, help="N of P_N; None = the --timing job's, else 10")
     parser.add_argument("--box", type=float, default=7.0, help="seconds per box")
     parser.add_argument("--mask", type=float, default=79.2, help="seconds per polygon mask")
     parser.add_argument("--categorization", type=float, default=28.8, help="seconds per instance")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--box-fraction", type=float, default=1.0, help="share of the instances boxes need")
     parser.add_argument("--mask-fraction", type=float, default=0.4, help="share of the instances masks need")
     parser.add_argument("--point-fraction", type=float, default=0.5, help="share of the instances points need")
-    parser.add_argument("--plot", help="write Figure 6 to this PNG")
+    parser.add_argument("--plot", help="write Figure 6 to this PNG; None = no plot")
     parser.add_argument("--t-max", type=float, default=300.0, help="x-axis end of the plot (s)")
     args = parser.parse_args(argv)
 

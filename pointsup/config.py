@@ -440,3 +440,102 @@ def save_config(cfg: Config, path: str) -> None:
     from pointsup.utils.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------
+# A reference for every key: `python -m pointsup.config [--config C] [--set key=value ...]`
+# prints the resolved config as YAML (it loads back with --config), each key with the
+# comments written next to its field above. The comments are read from this file's source
+# (ast for the fields, tokenize for the comments), so the reference cannot drift from them.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FieldComments:
+    above: list[str]  # comment lines right above the field (no blank line in between)
+    inline: str  # the comment at the end of the field's line(s), "" if none
+
+
+def field_comments(cls: type) -> dict[str, FieldComments]:
+    """{field name: its comments} of the dataclass `cls`, from the source of its module."""
+    return _comments_by_class(cls.__module__).get(cls.__name__, {})
+
+
+def _comments_by_class(module_name: str) -> dict[str, dict[str, FieldComments]]:
+    import ast
+    import inspect
+    import io
+    import sys
+    import tokenize
+
+    source = inspect.getsource(sys.modules[module_name])
+    lines = source.splitlines()
+    comment_at: dict[int, str] = {}  # 1-based line number -> its comment text (a real comment, not in a string)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comment_at[token.start[0]] = token.string.lstrip("#").strip()
+    result: dict[str, dict[str, FieldComments]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields = {}
+        for statement in node.body:
+            if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+                continue
+            above, line = [], statement.lineno - 1  # walk up over comment-only lines
+            while line >= 1 and lines[line - 1].strip().startswith("#"):
+                above.insert(0, comment_at[line])
+                line -= 1
+            inline = next((comment_at[n] for n in range(statement.lineno, statement.end_lineno + 1) if n in comment_at), "")
+            fields[statement.target.id] = FieldComments(above, inline)
+        result[node.name] = fields
+    return result
+
+
+def _yaml_value(value) -> str:
+    """One value in YAML flow style, e.g. `[112, 128, 144]`, `1.0e-05`, `''`, `true`."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=1 << 30).strip()  # "[<value>]"
+    return text[1:-1]
+
+
+def format_config(cfg: Config) -> str:
+    """The config as commented YAML: each key under its comments, as written in config.py."""
+    lines: list[str] = []
+
+    def add(obj, indent: str) -> None:
+        comments = field_comments(type(obj))
+        for f in dataclasses.fields(obj):
+            note = comments.get(f.name, FieldComments([], ""))
+            if not indent and lines:
+                lines.append("")  # a blank line between top-level keys
+            lines.extend(f"{indent}# {line}" if line else f"{indent}#" for line in note.above)
+            value = getattr(obj, f.name)
+            inline = f"  # {note.inline}" if note.inline else ""
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:{inline}")
+                add(value, indent + "  ")
+            else:
+                lines.append(f"{indent}{f.name}: {_yaml_value(value)}{inline}")
+
+    add(cfg, "")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pointsup.config", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Print the resolved config (defaults < --config and its _base_ files < --set) as YAML, "
+                    "each key with its comment from pointsup/config.py; the output loads back with --config.")
+    parser.add_argument("--config", default=None, help="YAML config; None = the built-in default job")
+    parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
+                        help="config overrides, e.g. solver.max_iter=100")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    source = " + ".join([args.config or "the defaults", *(f"--set {o}" for o in args.set)])
+    print(f"# pointsup config: {source}\n\n{format_config(cfg)}", end="")
+
+
+if __name__ == "__main__":
+    main()

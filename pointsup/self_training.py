@@ -95,13 +95,16 @@ def cli(argv: list[str] | None = None) -> str:
     from pointsup.predictor import load_model_for_inference
     from pointsup.train import prepare_synthetic_data, resolve_device
 
-    parser = argparse.ArgumentParser(description="Pseudo masks for the training set from GT boxes (self-training).")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--weights", required=True, help="a pointsup checkpoint of an R-CNN model")
-    parser.add_argument("--output", required=True, help="the pseudo-mask COCO JSON to write")
-    parser.add_argument("--input", default=None, help="COCO JSON with the GT boxes (default: data.train_json)")
-    parser.add_argument("--images", default=None, help="image folder (default: data.train_images)")
-    parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE")
+    parser = argparse.ArgumentParser(prog="python -m pointsup.self_training",
+                                     description="Pseudo masks for the training set from GT boxes (self-training).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML config the model was trained with; None = the defaults")
+    parser.add_argument("--weights", required=True, default=argparse.SUPPRESS, help="a pointsup checkpoint of an R-CNN model")
+    parser.add_argument("--output", required=True, default=argparse.SUPPRESS, help="the pseudo-mask COCO JSON to write")
+    parser.add_argument("--input", default=None, help="COCO JSON with the GT boxes; None = data.train_json")
+    parser.add_argument("--images", default=None, help="image folder; None = data.train_images")
+    parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
+                        help="config overrides, e.g. data.min_size_test=800")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.set)

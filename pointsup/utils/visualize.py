@@ -108,10 +108,12 @@ def save_visualization(path: str, image: np.ndarray, **kwargs) -> None:
 def main(argv: list[str] | None = None) -> None:
     from pointsup.data.coco import CocoInstanceDataset
 
-    parser = argparse.ArgumentParser(description="Render the first images of a COCO JSON with boxes, masks and points.")
-    parser.add_argument("--json", required=True, help="COCO instances JSON (masks and/or points)")
-    parser.add_argument("--images", required=True, help="image folder")
-    parser.add_argument("--out", required=True, help="output folder for PNGs")
+    parser = argparse.ArgumentParser(prog="python -m pointsup.utils.visualize",
+                                     description="Render the first images of a COCO JSON with boxes, masks and points.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--json", required=True, default=argparse.SUPPRESS, help="COCO instances JSON (masks and/or points)")
+    parser.add_argument("--images", required=True, default=argparse.SUPPRESS, help="image folder")
+    parser.add_argument("--out", required=True, default=argparse.SUPPRESS, help="output folder for PNGs")
     parser.add_argument("--num", type=int, default=4, help="number of images")
     parser.add_argument("--scale", type=float, default=0, help="output scale (0 = enlarge small images to ~512 px)")
     args = parser.parse_args(argv)
