@@ -180,3 +180,35 @@ def test_import_is_cheap_and_modules_run_as_before():
     help_text = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "pointsup.train", "--help"],
                                check=True, capture_output=True, text=True).stdout
     assert help_text.startswith("usage: python -m pointsup.train") and "(default: False)" in help_text
+
+
+def test_readme_python_api_snippet_runs(run, val_set, tmp_path, monkeypatch):
+    """The README's three lines, with the tiny run's checkpoint and a val image as photo.jpg."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Python API"):]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(snippet.strip().splitlines()) == 3
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("output")
+    os.symlink(run["weights"], "output/model_final.pth")
+    Image.open(image_path(val_set, 0)).convert("RGB").save("photo.jpg")
+    exec(snippet, {})
+    assert Image.open("photo_pred.png").size == (128, 128)  # a 64 px image, drawn 2x
+
+
+def test_crafted_checkpoint_is_refused_by_the_python_api(tmp_path):
+    from pointsup.checkpoint import CheckpointError
+
+    marker = tmp_path / "PWNED"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = str(tmp_path / "evil.pth")
+    torch.save({"model": {}, "config": {}, "payload": RunsCode()}, evil)
+    for load in (pointsup.Predictor, pointsup.evaluate):
+        with pytest.raises(CheckpointError, match=r"refusing to load .*evil.pth.*could run code"):
+            load(evil)
+    assert not marker.exists()
