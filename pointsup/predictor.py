@@ -17,6 +17,7 @@ a `Config`) replaces the stored one, e.g. for a bare state dict. Files are read 
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -45,8 +46,8 @@ def config_for_checkpoint(state: dict, weights: str, cfg: Config | str | None = 
     """The config to rebuild the model of a loaded checkpoint `state`: `cfg` when given (a
     Config, or a YAML path loaded with `overrides`), else the one stored in the checkpoint,
     else the defaults; `overrides` ("a.b=value") are applied last."""
-    if isinstance(cfg, Config):
-        return validate_config(apply_overrides(cfg, list(overrides)))
+    if isinstance(cfg, Config):  # a copy: the caller's Config stays as it was
+        return validate_config(apply_overrides(copy.deepcopy(cfg), list(overrides)))
     if cfg is not None or not isinstance(state.get("config"), dict):
         return load_config(cfg, overrides)
     stored = config_from_dict(state["config"], source=f"the config stored in {weights}")

@@ -165,8 +165,10 @@ def test_explicit_config_replaces_the_stored_one(run, val_set, tmp_path):
     state = torch.load(run["weights"], weights_only=True)
     bare = str(tmp_path / "bare.pth")
     torch.save(state["model"], bare)  # a bare state dict: no config, no class names
-    cfg = load_config(None, [*TINY, "model.roi_heads.score_thresh_test=0.0", "model.num_classes=5"])
-    prediction = pointsup.Predictor(bare, cfg, score_thresh=0.0)(image_path(val_set, 1))
+    cfg = load_config(None, [*TINY, "model.num_classes=5"])
+    predictor = pointsup.Predictor(bare, cfg, ["model.roi_heads.score_thresh_test=0.0"], score_thresh=0.0)
+    assert cfg.model.roi_heads.score_thresh_test == 0.05  # the override went to a copy
+    prediction = predictor(image_path(val_set, 1))
     reference = pointsup.Predictor(run["weights"], score_thresh=0.0)(image_path(val_set, 1))
     assert torch.equal(prediction.boxes_xyxy, reference.boxes_xyxy)
     assert prediction.class_names == [str(k) for k in reference.classes.tolist()]  # no names stored
