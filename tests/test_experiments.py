@@ -19,7 +19,9 @@ def test_mean_std_is_the_sample_std():
     mean, std = experiments.mean_std(values)
     assert mean == pytest.approx(statistics.mean(values))
     assert std == pytest.approx(statistics.stdev(values))  # ddof = 1
-    assert experiments.mean_std([4.0]) == (4.0, 0.0)
+    mean, std = experiments.mean_std([4.0])
+    assert mean == 4.0 and math.isnan(std)  # one seed: the spread is unknown, not 0
+    assert experiments.fmt(4.0, std) == "4.0 (one seed)"
     assert all(math.isnan(v) for v in experiments.mean_std([]))
 
 
