@@ -12,33 +12,15 @@ import torch
 
 from pointsup import checkpoint as ckpt
 from pointsup.config import ConfigError
-from pointsup.data.coco import CocoInstanceDataset
-from pointsup.data.transforms import build_train_transforms
 from pointsup.divergence import TrainingDiverged
 from pointsup.interrupt import TrainingInterrupted
 from pointsup.train import main
 
-from .fakes import TinyDetector, make_tiny_coco, tiny_config
+from .fakes import TinyDetector, tiny_config
 from .test_main_job import TINY
+from .test_train_loop import new_model, tiny_coco, train_set  # noqa: F401 (tiny_coco: the module's fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_coco(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    return make_tiny_coco(str(root), num_images=6, size=64), str(root / "images")
-
-
-def train_set(tiny_coco, cfg, random_flip=False):
-    json_path, images = tiny_coco
-    cfg.data.random_flip = random_flip
-    return CocoInstanceDataset(json_path, images, transforms=build_train_transforms(cfg.data), use_masks=False)
-
-
-def new_model(**kw):
-    torch.manual_seed(123)  # the same initial weights in every run
-    return TinyDetector(**kw)
 
 
 def logged(out_dir):
