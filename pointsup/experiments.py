@@ -482,15 +482,13 @@ def claims(study: str, rows: list[dict]) -> list[str]:
 
 def plot(study: str, rows: list[dict], path: str) -> bool:
     """The study's figure (PNG); False when the study has none or nothing finished."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pointsup.utils.logging import new_figure, save_figure
 
     rows = [r for r in rows if r["segm"]]
     if not rows:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    plt, (fig, ax) = new_figure(figsize=(7, 4), dpi=110)
+    xlabel, ylabel = "", "mask AP (mean ± std)"
     if study == "schedule":
         for group in dict.fromkeys(r["group"] for r in rows):
             curve = [r for r in rows if r["group"] == group][0]["curve"]
@@ -498,8 +496,7 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
                 its = sorted(curve)
                 stats = [mean_std(curve[i]) for i in its]
                 ax.errorbar(its, [m for m, _ in stats], yerr=[0.0 if math.isnan(s) else s for _, s in stats], marker="o", capsize=3, label=group)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("mask AP")
+        xlabel = "iteration"
         ax.legend()
     elif any(r["x"] is None for r in rows):  # categorical: a bar per row (supervision, self-training)
         labels = [r["label"] for r in rows]
@@ -508,28 +505,22 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
         ax.bar(range(len(rows)), [m for m, _ in stats], yerr=[0.0 if math.isnan(s) else s for _, s in stats], capsize=4,
                color=[colors.get(r["group"], "gray") for r in rows])
         ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel("mask AP (mean ± std over seeds)")
+        ylabel = "mask AP (mean ± std over seeds)"
     else:
         for group in dict.fromkeys(r["group"] for r in rows):
             series = sorted((r for r in rows if r["group"] == group), key=lambda r: r["x"])
             stats = [mean_std(r["segm"]) for r in series]
             ax.errorbar([r["x"] for r in series], [m for m, _ in stats], yerr=[0.0 if math.isnan(s) else s for _, s in stats], marker="o",
                         capsize=3, label=group or None)
-        ax.set_xlabel({"num_points": "points per object (N)", "noise": "labels flipped (%)",
+        xlabel = ({"num_points": "points per object (N)", "noise": "labels flipped (%)",
                        "point_aug_k": "points kept per box and iteration", "budget": "annotation time (hours)",
                        "point_seeds": "simulated point set"}.get(study, "x"))
         if study == "budget":
             ax.set_xscale("log")
-        ax.set_ylabel("mask AP (mean ± std)")
         if any(r["group"] for r in rows):
             ax.legend()
-    ax.grid(alpha=0.3)
     ax.set_title(study)
-    fig.tight_layout()
-    from pointsup.utils.io import atomic_save
-
-    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    save_figure(plt, fig, ax, path, ylabel, xlabel)
     return True
 
 
@@ -560,7 +551,7 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
              f"- command: `{command}`", f"- commit: {git_commit()}", f"- data: {data.name}",
              f"  (train {data.train_json}, val {data.val_json})",
              f"- seeds: {args.seeds} (training seeds 0..{args.seeds - 1}); mean ± sample std (ddof 1) over seeds",
-             f"- scale: " + (f"{args.iters} iterations per run (2x for `schedule`), LR steps at 75% / 90%"
+             "- scale: " + (f"{args.iters} iterations per run (2x for `schedule`), LR steps at 75% / 90%"
                              if args.iters else "each config's own schedule")
              + f", configs/{args.config_set} models; {args.jobs} runs at a time, {args.threads} thread(s) each",
              f"- supervision study models: {', '.join(args.models)}",
