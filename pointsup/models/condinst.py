@@ -34,6 +34,7 @@ from pointsup.losses.condinst_losses import (
     rgb_to_lab,
 )
 from pointsup.models.fcos import FCOS, build_fcos, compute_locations, flatten_levels, group_norm
+from pointsup.models.inputs import check_input_format, normalize_images, pixel_stat
 from pointsup.structures import IGNORE_LABEL, InstanceTargets
 
 MASK_OUT_STRIDE = 4  # CondInst's mask logits live at stride 4 of the input
@@ -218,6 +219,8 @@ class CondInst(nn.Module):
         mask_head: DynamicMaskHead,
         pixel_mean: list[float],
         pixel_std: list[float],
+        input_format: str = "RGB",
+        pad_after_normalize: bool = False,
         supervision: str = "points",
         max_proposals: int = 500,
         boxinst: bool = False,
@@ -248,8 +251,10 @@ class CondInst(nn.Module):
         self.pairwise_dilation = pairwise_dilation
         self.pairwise_color_thresh = pairwise_color_thresh
         self.pairwise_warmup_iters = pairwise_warmup_iters
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.input_format = check_input_format(input_format)  # BGR: MSRA / detectron2 weights; pixel_mean/std in that order
+        self.pad_after_normalize = pad_after_normalize
+        self.register_buffer("pixel_mean", pixel_stat(pixel_mean), persistent=False)  # (1, 3, 1, 1)
+        self.register_buffer("pixel_std", pixel_stat(pixel_std), persistent=False)
         # Training-mode forward passes seen (micro-batches when accumulating gradients), for
         # BoxInst's pairwise warm-up; saved with the weights so a resume continues the ramp.
         self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))
@@ -261,7 +266,7 @@ class CondInst(nn.Module):
         targets: list[InstanceTargets] | None = None,
         output_sizes: list[tuple[int, int]] | None = None,
     ):
-        features = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        features = self.backbone(self.normalize(images, image_sizes))
         mask_feats = self.mask_branch([features[f] for f in self.mask_features])  # (N, C, H8, W8)
         fcos_out = self.fcos([features[f] for f in self.fcos_features])
         params = flatten_levels([self.controller(x) for x in fcos_out.box_tower])  # (N, Q, 169)
@@ -280,6 +285,10 @@ class CondInst(nn.Module):
             self.predict_masks(mask_feats[i], params[i], locations, levels, det, image_sizes[i], output_sizes[i] if output_sizes else None)
             for i, det in enumerate(detections)
         ]
+
+    def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
+        """RGB 0..255 (N, 3, H, W) -> the normalised input the weights were trained on (`inputs.py`)."""
+        return normalize_images(images, image_sizes, self.pixel_mean, self.pixel_std, self.input_format, self.pad_after_normalize)
 
     def mask_losses(
         self,
@@ -401,6 +410,8 @@ def build_condinst(cfg, num_classes: int) -> CondInst:
         mask_head=DynamicMaskHead(ccfg.mask_out_channels, ccfg.dynamic_channels, 3, sizes_of_interest),
         pixel_mean=cfg.model.pixel_mean,
         pixel_std=cfg.model.pixel_std,
+        input_format=cfg.model.input_format,
+        pad_after_normalize=cfg.model.pad_after_normalize,
         supervision=cfg.model.mask_head.supervision,
         max_proposals=ccfg.max_proposals,
         boxinst=ccfg.boxinst,

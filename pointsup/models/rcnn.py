@@ -7,11 +7,11 @@ The same model trains with full masks or with points; only the mask loss differs
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..config import Config
 from ..structures import InstanceTargets
+from .inputs import check_input_format, normalize_images, pixel_stat
 from .postprocess import PASTE_FUNCTIONS, rescale_detections
 from .roi_heads import ROIHeads, build_roi_heads
 from .rpn import RPN, build_rpn
@@ -33,19 +33,17 @@ class GeneralizedRCNN(nn.Module):
         mask_paste: str = "pointsup",
     ):
         super().__init__()
-        if input_format not in ("RGB", "BGR"):
-            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.mask_threshold = mask_threshold
-        self.input_format = input_format  # BGR: MSRA / detectron2 weights; pixel_mean/std in that order
+        self.input_format = check_input_format(input_format)  # BGR: MSRA / detectron2 weights; pixel_mean/std in that order
         self.pad_after_normalize = pad_after_normalize
         if mask_paste not in PASTE_FUNCTIONS:
             raise ValueError(f"mask_paste must be one of {sorted(PASTE_FUNCTIONS)}, got {mask_paste!r}")
         self.mask_paste = mask_paste
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", pixel_stat(pixel_mean), persistent=False)  # (1, 3, 1, 1)
+        self.register_buffer("pixel_std", pixel_stat(pixel_std), persistent=False)
 
     def forward(
         self,
@@ -72,16 +70,8 @@ class GeneralizedRCNN(nn.Module):
         ]
 
     def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
-        """RGB 0..255 (N, 3, H, W) -> the normalised input the weights were trained on."""
-        if self.input_format == "BGR":
-            images = images.flip(1)  # channel order of the weights (pixel_mean/std are BGR too)
-        x = (images - self.pixel_mean) / self.pixel_std
-        if self.pad_after_normalize:  # torchvision / detectron2 pad the normalised image with 0
-            x = x.clone()
-            for i, (h, w) in enumerate(image_sizes):
-                x[i, :, h:, :] = 0
-                x[i, :, :, w:] = 0
-        return x
+        """RGB 0..255 (N, 3, H, W) -> the normalised input the weights were trained on (`inputs.py`)."""
+        return normalize_images(images, image_sizes, self.pixel_mean, self.pixel_std, self.input_format, self.pad_after_normalize)
 
 
 def build_mask_head(cfg: Config, num_classes: int, in_channels: int, strides: dict[str, int]) -> nn.Module:
