@@ -35,6 +35,7 @@ from pointsup.losses.condinst_losses import (
 )
 from pointsup.models.fcos import FCOS, build_fcos, compute_locations, flatten_levels, group_norm
 from pointsup.models.inputs import check_input_format, normalize_images, pixel_stat
+from pointsup.ops.dynamic_mlp import dynamic_mlp, num_dynamic_params, split_dynamic_params
 from pointsup.structures import IGNORE_LABEL, InstanceTargets
 
 MASK_OUT_STRIDE = 4  # CondInst's mask logits live at stride 4 of the input
@@ -117,34 +118,21 @@ class DynamicMaskHead(nn.Module):
 
     @property
     def num_params(self) -> int:
-        return sum(o * i + o for o, i in self.layer_shapes)
+        return num_dynamic_params(self.layer_shapes)
 
     def parse_params(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """(R, num_params) -> weights [(R, out, in)] and biases [(R, out)] per layer."""
-        R = params.shape[0]
-        if params.shape[1] != self.num_params:
-            raise ValueError(f"expected {self.num_params} parameters per instance, got {params.shape[1]}")
-        weight_sizes = [o * i for o, i in self.layer_shapes]
-        bias_sizes = [o for o, _ in self.layer_shapes]
-        chunks = params.split(weight_sizes + bias_sizes, dim=1)
-        weights = [w.reshape(R, o, i) for w, (o, i) in zip(chunks[: len(weight_sizes)], self.layer_shapes)]
-        biases = list(chunks[len(weight_sizes) :])
-        return weights, biases
+        return split_dynamic_params(params, self.layer_shapes)
 
     def run_dynamic_convs(self, inputs: Tensor, params: Tensor) -> Tensor:
         """inputs (R, C + 2, H, W), params (R, num_params) -> logits (R, 1, H, W).
 
         A 1x1 conv is a matrix product over channels, so all R instances run as one
-        batched matmul (equivalent to AdelaiDet's grouped conv with groups=R).
+        batched matmul (`pointsup.ops.dynamic_mlp`; AdelaiDet uses a grouped conv, groups=R).
         """
         R, _, H, W = inputs.shape
         weights, biases = self.parse_params(params)
-        x = inputs.flatten(2)  # (R, C + 2, HW)
-        for layer, (w, b) in enumerate(zip(weights, biases)):
-            x = torch.baddbmm(b[:, :, None], w, x)  # (R, out, HW)
-            if layer < len(weights) - 1:
-                x = F.relu(x)
-        return x.reshape(R, 1, H, W)
+        return dynamic_mlp(inputs.flatten(2), weights, biases).reshape(R, 1, H, W)  # HW pixels as points
 
     def relative_coords(self, instance_locations_img: Tensor, instance_levels: Tensor, size: tuple[int, int], stride: int) -> Tensor:
         """(R, 2) locations, (R,) FPN levels -> (R, 2, H, W) normalised offsets to each cell centre."""

@@ -15,7 +15,8 @@ The mask of object r is implicit in params[r]: the MLP can be queried at any poi
 training with point labels needs no interpolation (sec. 4), and inference renders it by
 adaptive subdivision like PointRend. The loss is one point BCE plus an l2 on params.
 
-Generated parameter layout (the reference's `ImplicitPointHead._parse_params`), for
+Generated parameter layout (the reference's `ImplicitPointHead._parse_params`; run by
+`pointsup.ops.dynamic_mlp`, as CondInst's dynamic mask head), for
 L = num_hidden + 1 linear layers with (out_l, in_l) = (256, E + C), (256, 256), (256, 256),
 (K, 256):
 
@@ -50,18 +51,12 @@ from torch import Tensor, nn
 
 from ..config import MaskHeadConfig
 from ..losses.point_losses import params_l2_loss, point_bce_loss
+from ..ops.dynamic_mlp import dynamic_mlp, num_dynamic_params, split_dynamic_params
 from ..ops.point_features import point_sample_fine_grained_features, point_sampling_layout
 from ..structures import InstanceTargets
-from .pointrend import (
-    SUPERVISIONS,
-    ConvFCHead,
-    gt_point_labels_from_masks,
-    gt_point_targets,
-    pool_roi_features,
-    render_masks_in_chunks,
-    square_side,
-)
-from .subdivision import subdivision_inference
+from .point_head_common import SUPERVISIONS, ConvFCHead, pool_roi_features, render_masks_in_chunks
+from .point_head_common import gt_point_labels_from_masks, gt_point_targets  # training targets (sec. 3.2)
+from .subdivision import square_side, subdivision_inference
 
 
 class FourierPositionalEncoding(nn.Module):
@@ -125,7 +120,7 @@ class ImplicitPointHead(nn.Module):
         return [(dims[l + 1], dims[l]) for l in range(len(dims) - 1)]
 
     def num_params_for(self, num_outputs: int) -> int:
-        return sum(o * i + o for o, i in self.layer_shapes_for(num_outputs))
+        return num_dynamic_params(self.layer_shapes_for(num_outputs))
 
     def standard_init_params(self) -> Tensor:
         """(D,) one ordinary MLP in the parameter layout: weights drawn like detectron2's
@@ -136,18 +131,14 @@ class ImplicitPointHead(nn.Module):
 
     def split_params(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """params (R, D) in either layout -> weights [(R, out_l, in_l)], biases [(R, out_l)]."""
-        R, D = params.shape
+        D = params.shape[1]
         layouts = {self.num_params: self.num_classes, self.num_params_for(1): 1}
         if D not in layouts:
             raise ValueError(
                 f"expected {self.num_params} (K = {self.num_classes} outputs) or "
                 f"{self.num_params_for(1)} (one class) parameters per RoI, got {D}"
             )
-        shapes = self.layer_shapes_for(layouts[D])
-        chunks = params.split([o * i for o, i in shapes] + [o for o, _ in shapes], dim=1)
-        L = len(shapes)
-        weights = [w.view(R, o, i) for w, (o, i) in zip(chunks[:L], shapes)]
-        return weights, list(chunks[L:])
+        return split_dynamic_params(params, self.layer_shapes_for(layouts[D]))
 
     def select_classes(self, params: Tensor, classes: Tensor) -> Tensor:
         """(R, D) with K outputs -> (R, D_1) each RoI's MLP for its class only (classes (R,)).
@@ -180,18 +171,6 @@ class ImplicitPointHead(nn.Module):
         x = torch.baddbmm(biases[0].unsqueeze(2), weights[0][:, :, :E], encoding)  # (R, H, P)
         x = x.baddbmm_(weights[0][:, :, E:], fine_features).relu_()
         return dynamic_mlp(x, weights[1:], biases[1:])
-
-
-def dynamic_mlp(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
-    """A different MLP per RoI as batched matmuls, channel-first: x (R, in, P) -> (R, out, P).
-
-    Layer l: x <- W_l x + b_l (ReLU on all but the last), W_l (R, out, in), b_l (R, out).
-    """
-    for l, (w, b) in enumerate(zip(weights, biases)):
-        x = torch.baddbmm(b.unsqueeze(2), w, x)  # (R, out_l, P)
-        if l < len(weights) - 1:
-            x = x.relu_()
-    return x
 
 
 class ImplicitPointRendMaskHead(nn.Module):

@@ -36,6 +36,14 @@ def output_resolution(init_resolution: int, steps: int) -> int:
     return init_resolution * 2**steps
 
 
+def square_side(num_points: int) -> int:
+    """28 for 784: subdivision starts from a grid with as many cells as points per step."""
+    side = int(round(num_points**0.5))
+    if side * side != num_points:
+        raise ValueError(f"subdivision_num_points must be a square, got {num_points}")
+    return side
+
+
 def subdivision_inference(
     predict_fn: PredictFn,
     num_rois: int,
