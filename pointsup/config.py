@@ -149,6 +149,9 @@ class MaskHeadConfig:
     # (pointsup's stable recipe; see ConvFCHead). false = the reference architecture, as
     # detectron2's checkpoints need (configs/coco/implicit_pointrend_*).
     params_feature_norm: bool = True
+    init_params_as_mlp: bool = True  # Implicit PointRend: generated MLPs start as one standard MLP (false: the reference's ~0)
+    render_chunk_size: int = 8  # detections rendered by subdivision at a time (PointRend, Implicit PointRend); speed only
+    params_chunk_size: int = 100  # Implicit PointRend: detections whose parameters are generated in one pass; memory only
 
 
 @dataclass

@@ -35,11 +35,11 @@ starts from a shared working point head instead of a product of near-zero layers
 Cost to keep in mind: the parameter head's last layer is Linear(1024, 283,472), about
 290M weights (1.16 GB in float32), as in the reference. The generated params take
 R x D x 4 bytes: 145 MB for 128 foreground proposals in training. At inference the
-detections of an image are rendered `inference_chunk_size` (default 100, COCO's
-detections per image) at a time: each chunk is one pass over those 1.16 GB of weights
-(on one CPU core, 100 RoIs in one pass take 1.2 s, in chunks of 32 1.6 s), then each
-RoI keeps only its class's MLP (`ImplicitPointHead.select_classes`) for rendering, done
-`render_chunk_size` (8) RoIs at a time.
+detections of an image are rendered `inference_chunk_size` (config `params_chunk_size`,
+default 100, COCO's detections per image) at a time: each chunk is one pass over those
+1.16 GB of weights (on one CPU core, 100 RoIs in one pass take 1.2 s, in chunks of 32
+1.6 s), then each RoI keeps only its class's MLP (`ImplicitPointHead.select_classes`) for
+rendering, done `render_chunk_size` (8) RoIs at a time.
 """
 
 from __future__ import annotations
@@ -317,4 +317,7 @@ def build_implicit_pointrend_head(
         params_l2_weight=cfg.params_l2_weight,
         subdivision_steps=cfg.subdivision_steps,
         subdivision_num_points=cfg.subdivision_num_points,
+        inference_chunk_size=cfg.params_chunk_size,
+        render_chunk_size=cfg.render_chunk_size,
+        init_params_as_mlp=cfg.init_params_as_mlp,
     )

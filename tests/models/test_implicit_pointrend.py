@@ -212,3 +212,21 @@ def test_generated_params_step_is_bounded_by_feature_norm(feature_norm):
         assert large <= 0.01 * 6 * 2 * 1.0001  # |h_s . h_r + 1| <= 2 for the 6 RoIs
     else:
         assert large > 1000 * small  # |h|^2 grew 10^4 times
+
+
+def test_builder_passes_chunk_sizes_and_init_params_as_mlp_from_the_config():
+    import inspect
+
+    from pointsup.models.implicit_pointrend import ImplicitPointRendMaskHead
+
+    defaults = inspect.signature(ImplicitPointRendMaskHead).parameters
+    cfg = small_cfg("points")
+    head = build_implicit_pointrend_head(cfg, K, C, {"p2": STRIDE})  # config defaults = the head's defaults
+    assert head.inference_chunk_size == cfg.params_chunk_size == defaults["inference_chunk_size"].default
+    assert head.render_chunk_size == cfg.render_chunk_size == defaults["render_chunk_size"].default
+    assert cfg.init_params_as_mlp == defaults["init_params_as_mlp"].default
+    assert head.parameter_head.prediction.bias.abs().sum() > 0  # one standard MLP in the bias
+    cfg.params_chunk_size, cfg.render_chunk_size, cfg.init_params_as_mlp = 3, 2, False
+    head = build_implicit_pointrend_head(cfg, K, C, {"p2": STRIDE})
+    assert (head.inference_chunk_size, head.render_chunk_size) == (3, 2)
+    assert (head.parameter_head.prediction.bias == 0).all()  # the reference's start

@@ -280,3 +280,16 @@ def test_pointrend_configs_load_and_build(path):
     build = build_implicit_pointrend_head if m.name == "implicit_pointrend" else build_pointrend_head
     head = build(m, 5, C, {"p2": 4})
     assert sum(p.numel() for p in head.parameters()) < 10_000_000  # CPU-sized
+
+
+def test_builder_passes_render_chunk_size_from_the_config():
+    import inspect
+
+    from pointsup.models.pointrend import PointRendMaskHead
+
+    cfg = small_cfg("points")
+    head = build_pointrend_head(cfg, K, C, {"p2": STRIDE})
+    default = inspect.signature(PointRendMaskHead).parameters["inference_chunk_size"].default
+    assert head.inference_chunk_size == cfg.render_chunk_size == default  # config default = today's value
+    cfg.render_chunk_size = 3
+    assert build_pointrend_head(cfg, K, C, {"p2": STRIDE}).inference_chunk_size == 3
