@@ -38,7 +38,6 @@ Conventions that come with the weights (input channel order, pixel mean/std,
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
@@ -515,10 +514,26 @@ def load_weights(
     source = detected if source == "auto" else source
 
     own = model.state_dict()
-    ctx = {"model_keys": set(own), "prefix": "", "fpn_first_level": 2}
+    ctx = _mapping_context(model, own, source, state)
+    mapped, origin, ignored = _map_keys(source, state, ctx, own)
+    _check_keys(model, path, source, own, mapped, origin, ctx, skip_mismatched_shapes)
+
+    report = LoadReport(source=source, path=path, ignored=ignored)
+    _copy_into_model(model, own, mapped, report)
+    report.notices = convention_notices(model, source, state, info, ctx)
+    if verbose:
+        print(report)
+    return report
+
+
+def _mapping_context(model: nn.Module, own: dict[str, Tensor], source: str, state: dict[str, Tensor]) -> dict:
+    """What the key mappings need to know about the model: model_keys, prefix (where its
+    ResNet lives), fpn_first_level, backbone_only (the file holds a ResNet only) and, for
+    torchvision files, torchvision_classes."""
     backbone_only = source in ("torchvision_resnet", "caffe2") or (
         source == "detectron2" and not any(k.startswith(("backbone.", "roi_heads.", "proposal_generator.")) for k in state)
     )
+    ctx = {"model_keys": set(own), "prefix": "", "fpn_first_level": 2, "backbone_only": backbone_only}
     if source != "pointsup":
         try:
             ctx["prefix"] = _resnet_prefix(model)
@@ -530,35 +545,58 @@ def load_weights(
             ctx["fpn_first_level"] = int(fpn.in_features[0][1:])
     if source == "torchvision":
         ctx["torchvision_classes"] = _torchvision_class_rows(state, model)
+    return ctx
 
+
+def _map_keys(
+    source: str, state: dict[str, Tensor], ctx: dict, own: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, str], list[str]]:
+    """The file's tensors under pointsup names: (mapped, pointsup key -> file key, ignored file keys)."""
     if source == "pointsup":
         mapped, origin, ignored = dict(state), {k: k for k in state}, []
     else:
         mapped, origin, ignored = _MAPPERS[source](state, ctx)
-
     # BatchNorm's step counters mean nothing at inference; FrozenBN has none. Either side may lack them.
     for k in [k for k in mapped if k.endswith("num_batches_tracked") and k not in own]:
         ignored.append(origin.pop(k))
         del mapped[k]
-    report = LoadReport(source=source, path=path, ignored=ignored)
-    required = [k for k in own if k.startswith(ctx["prefix"])] if backbone_only else list(own)
-    required = [k for k in required if not k.endswith("num_batches_tracked")]
-    missing = [k for k in required if k not in mapped]
-    unexpected = [f"{origin[k]}" + ("" if k.startswith("?") else f" (as {k})") for k in mapped if k not in own]
+    return mapped, origin, ignored
+
+
+def _check_keys(
+    model: nn.Module, path: str, source: str, own: dict[str, Tensor], mapped: dict[str, Tensor],
+    origin: dict[str, str], ctx: dict, skip_mismatched_shapes: bool,
+) -> None:
+    """Raise WeightsLoadError listing every missing / unexpected key and (unless skipped) shape mismatch.
+
+    A full-model file must cover the whole model; a backbone-only file the whole ResNet.
+    Entries are named by the model's key, with the file's key in brackets where it differs.
+    """
+    def named(k: str) -> str:
+        return k if origin[k] == k else f"{k} (file: {origin[k]})"
+
+    required = [k for k in own if k.startswith(ctx["prefix"])] if ctx["backbone_only"] else list(own)
+    missing = [k for k in required if k not in mapped and not k.endswith("num_batches_tracked")]
+    unexpected = [origin[k] + ("" if k.startswith("?") or origin[k] == k else f" (as {k})") for k in mapped if k not in own]
     mismatched = [
-        f"{k} (file: {origin[k]}): file {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
+        f"{named(k)}: file {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
         for k in mapped
         if k in own and mapped[k].shape != own[k].shape
     ]
-    if missing or unexpected or (mismatched and not skip_mismatched_shapes):
-        lines = [f"cannot load {path} (format: {source}) into {type(model).__name__}:"]
-        for title, keys in (("missing keys (in the model, not in the file)", missing),
-                            ("unexpected keys (in the file, not in the model)", unexpected),
-                            ("shape mismatches (pass skip_mismatched_shapes=True to keep the model's)", mismatched)):
-            if keys:
-                lines.append(f"  {title}: {_shorten(keys)}")
-        raise WeightsLoadError("\n".join(lines))
+    if not (missing or unexpected or (mismatched and not skip_mismatched_shapes)):
+        return
+    hint = " (is it a ResNet of the same depth / groups / width?)" if ctx["backbone_only"] else ""
+    lines = [f"cannot load {path} (format: {source}) into {type(model).__name__}{hint}:"]
+    for title, keys, why in (("missing keys", missing, "in the model, not in the file"),
+                             ("unexpected keys", unexpected, "in the file, not in the model"),
+                             ("shape mismatches", mismatched, "pass skip_mismatched_shapes=True to keep the model's")):
+        if keys:
+            lines.append(f"  {title}: {_shorten(keys)} ({why})")
+    raise WeightsLoadError("\n".join(lines))
 
+
+def _copy_into_model(model: nn.Module, own: dict[str, Tensor], mapped: dict[str, Tensor], report: LoadReport) -> None:
+    """Load the checked tensors (in the model's dtypes); entries of another shape keep their init."""
     new_state = dict(own)
     for k, v in mapped.items():
         if own[k].shape != v.shape:
@@ -568,11 +606,6 @@ def load_weights(
         report.loaded.append(k)
     report.not_in_file = [k for k in own if k not in mapped]
     model.load_state_dict(new_state)
-
-    report.notices = convention_notices(model, source, state, info, ctx)
-    if verbose:
-        print(report)
-    return report
 
 
 def _torchvision_class_rows(state: dict[str, Tensor], model: nn.Module) -> list[int] | None:

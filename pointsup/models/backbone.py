@@ -20,18 +20,18 @@ key mapping. FrozenBatchNorm2d has no `num_batches_tracked`; the loader ignores 
 torchvision's ImageNet weights expect RGB inputs normalised with the ImageNet mean/std (the
 pointsup defaults `model.pixel_mean` / `pixel_std`) and the stride in the 3x3 conv
 (`stride_in_1x1=False`). MSRA/detectron2 weights (BGR, stride in the 1x1) are not supported
-by `load_torchvision_resnet`.
+by `load_torchvision_resnet` (`pointsup.weights.load_weights` maps them onto a whole model).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from pointsup.config import BackboneConfig
 from pointsup.models.fpn import FPN
 from pointsup.models.norm import convert_frozen_batchnorm, get_norm
+from pointsup.weights import load_weights
 
 
 class BasicBlock(nn.Module):
@@ -218,36 +218,13 @@ def load_torchvision_resnet(model: ResNet, path: str) -> None:
     """Load a torchvision ImageNet ResNet/ResNeXt state dict (a local .pth file) into `model`.
 
     Keys map one to one (see the module docstring); `fc.*` is dropped and `num_batches_tracked`
-    is ignored (FrozenBatchNorm2d has none). Raises ValueError naming every missing or
-    unexpected key and every shape mismatch, e.g. when depth/groups/width do not match the file.
+    is ignored (FrozenBatchNorm2d has none). The file is read and checked by
+    `pointsup.weights.load_weights`, the one loader of weight files: a ValueError
+    (`WeightsLoadError`) names every missing or unexpected key and every shape mismatch, e.g.
+    when depth/groups/width do not match the file.
     Inputs must then be RGB normalised with the ImageNet mean/std, and stride_in_1x1=False.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (dict of tensors), got {type(state).__name__}")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = model.state_dict()
-
-    def is_counter(key: str) -> bool:
-        return key.endswith("num_batches_tracked")
-
-    missing = [k for k in own if k not in state and not is_counter(k)]
-    unexpected = [k for k in state if k not in own and not is_counter(k)]
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        lines = [f"cannot load {path} into ResNet (is it a torchvision ResNet of the same depth/groups/width?)"]
-        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
-                lines.append(f"  {title}: {shown}")
-        raise ValueError("\n".join(lines))
-
-    own.update({k: v for k, v in state.items() if k in own})
-    model.load_state_dict(own)
+    load_weights(model, path, source="torchvision_resnet", verbose=False)
 
 
 class ResNetFPN(nn.Module):
