@@ -1,10 +1,22 @@
 """Per-image targets and batches shared by the data pipeline and every model.
 
-Shape letters used throughout pointsup:
-    N  images in a batch          M  GT instances in one image
-    R  RoIs (proposals/detections) P  points per instance / per RoI
-    K  classes (foreground only)  H, W  image height and width in pixels
-    C  feature channels           A  anchors
+Shape letters used throughout pointsup (one meaning each; a module may add its own
+letters, but never reuses one of these for something else):
+    N  images in a batch
+    M  GT instances (annotations) in one image
+    R  RoIs fed to a head: proposals in training, detections at inference; all images
+       concatenated, R_i of image i (R = sum_i R_i)
+    D  detections kept in one image: the rows of a model's output dict
+    P  points per instance / per RoI
+    K  classes (foreground only; a (K + 1)-way classifier puts background at index K)
+    C  feature channels
+    H, W  image (or feature map) height and width in pixels
+    S  side of a square grid on a box: a RoIAlign output or a predicted mask, (R, S, S)
+    A  anchors of one image, all FPN levels and locations concatenated
+    B  anchors per location (one per aspect ratio)
+    Q  locations of one image over all FPN levels (FCOS / CondInst)
+    G  generated (dynamic) parameters per instance: Implicit PointRend's point head,
+       CondInst's mask FCN (`pointsup.ops.dynamic_mlp`)
 
 Coordinate frames (the suffix of a variable name says which one it is in):
     *_img   continuous image pixels, x right, y down. Pixel (row i, col j) covers

@@ -1,8 +1,8 @@
 """The state of one point-labelling job: sampled points, labels and timing (paper appendix A).
 
-Shape letters: K objects in the job, N points per object.
+Shape letters (`pointsup.structures`): P points per object (`num_points`, the paper's P_N).
 
-A job is a COCO box file (no masks needed) plus, for every object, N points sampled once
+A job is a COCO box file (no masks needed) plus, for every object, P points sampled once
 inside its box and then labelled one by one by a person: 1 = object, 0 = background.
 The points come from `pointsup.data.simulate_points.sample_points_in_box` with the same
 seed, file order and box clipping as `simulate_points`, so for a file in which every
@@ -27,7 +27,7 @@ Persistence: nothing the browser was told is saved can be lost, even on SIGKILL.
                      torn last line (killed mid-write, so never acknowledged) is dropped.
 
 `point_status` (what training does with it):
-    complete      all N points labelled: trained on its N points.
+    complete      all P points labelled: trained on its P points.
     partial       some points labelled: `point_coords`/`point_labels` hold those, and
                   `pointsup.train` uses them as they are (fewer points, same loss).
     unlabelled    no point labelled yet, and
@@ -68,11 +68,11 @@ class JobError(ValueError):
 
 @dataclass
 class AnnotatedObject:
-    """One queued object: its box, its N sampled points and what the annotator said.
+    """One queued object: its box, its P sampled points and what the annotator said.
 
-    coords_img: N (x, y) points in continuous image pixels, inside box_xyxy.
-    labels:     N values, 1 / 0 / None (not labelled yet).
-    ms:         N milliseconds from showing the point to the key press, None if unlabelled.
+    coords_img: P (x, y) points in continuous image pixels, inside box_xyxy.
+    labels:     P values, 1 / 0 / None (not labelled yet).
+    ms:         P milliseconds from showing the point to the key press, None if unlabelled.
     """
 
     ann_id: int
@@ -111,9 +111,9 @@ def clipped_box_xyxy(bbox: Any, image_size: tuple[int, int]) -> tuple[float, flo
 def sample_job_points(
     coco: dict[str, Any], num_points: int, seed: int, source: str = "<coco>"
 ) -> tuple[dict[int, np.ndarray], list[int]]:
-    """Sample N points in every non-empty box, in file order, with one generator.
+    """Sample P points in every non-empty box, in file order, with one generator.
 
-    returns (coords_img per annotation id: (N, 2) float64, ids to ask in order: crowd
+    returns (coords_img per annotation id: (P, 2) float64, ids to ask in order: crowd
     annotations and empty boxes are left out of the queue).
     """
     if num_points < 1:
@@ -136,7 +136,7 @@ def sample_job_points(
         box_xyxy = clipped_box_xyxy(bbox, image_sizes[ann["image_id"]])
         if not (box_xyxy[2] > box_xyxy[0] and box_xyxy[3] > box_xyxy[1]):
             continue  # simulate_points draws nothing for an empty box either
-        coords_per_ann[ann_id] = sample_points_in_box(rng, box_xyxy, num_points)  # (N, 2)
+        coords_per_ann[ann_id] = sample_points_in_box(rng, box_xyxy, num_points)  # (P, 2)
         if not ann.get("iscrowd", 0):
             queue.append(ann_id)
     return coords_per_ann, queue

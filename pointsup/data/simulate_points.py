@@ -33,7 +33,7 @@ NOISE_MODES = ("random", "boundary")
 
 
 def boundary_pixel_centres(mask: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
-    """Centres (B, 2) (x, y) of the pixels in `window` = (x0, y0, x1, y1) whose 4-neighbour differs.
+    """Centres (U, 2) (x, y) of the pixels in `window` = (x0, y0, x1, y1) whose 4-neighbour differs.
 
     Both sides of the object contour are included. The image border is not a boundary
     (pixels outside the image are treated as copies of the border pixels).
@@ -64,10 +64,10 @@ def distance_to_boundary(coords_img: np.ndarray, mask: np.ndarray, box_xyxy: tup
         min(int(math.ceil(bx1)) + 2, W),
         min(int(math.ceil(by1)) + 2, H),
     )
-    boundary = boundary_pixel_centres(mask, window)  # (B, 2)
+    boundary = boundary_pixel_centres(mask, window)  # (U, 2) U boundary pixels
     if len(boundary) == 0 or len(coords_img) == 0:
         return np.full(len(coords_img), np.inf)
-    sq_dists = ((coords_img[:, None, :] - boundary[None, :, :]) ** 2).sum(axis=-1)  # (P, B)
+    sq_dists = ((coords_img[:, None, :] - boundary[None, :, :]) ** 2).sum(axis=-1)  # (P, U)
     return np.sqrt(sq_dists.min(axis=1))
 
 

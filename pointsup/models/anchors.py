@@ -1,6 +1,7 @@
 """Anchor boxes for the RPN: one size per FPN level, a few aspect ratios at every location.
 
-Shape letters: A anchors per location, H_l x W_l the grid of level l.
+Shape letters (`pointsup.structures`): B anchors per location (one per aspect ratio),
+H_l x W_l the grid of level l, A = sum_l H_l * W_l * B anchors of one image.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 
 def cell_anchors(size: float, aspect_ratios: list[float], round_to_pixels: bool = False) -> Tensor:
-    """(A, 4) xyxy anchors centred on (0, 0), all of area size**2; ratio = height / width.
+    """(B, 4) xyxy anchors centred on (0, 0), all of area size**2; ratio = height / width.
 
     round_to_pixels: round the corners to whole pixels, as torchvision's AnchorGenerator does.
     """
@@ -26,7 +27,7 @@ def cell_anchors(size: float, aspect_ratios: list[float], round_to_pixels: bool 
 
 
 class AnchorGenerator(nn.Module):
-    """Anchors of every level, ordered (H_l, W_l, A) to match the RPN head's outputs.
+    """Anchors of every level, ordered (H_l, W_l, B) to match the RPN head's outputs.
 
     Anchor centres sit at (j * stride, i * stride) + offset * stride (detectron2 uses offset 0).
 
@@ -51,17 +52,17 @@ class AnchorGenerator(nn.Module):
         self.strides = list(strides)
         self.offset = offset
         self.stride_from_grid = stride_from_grid
-        self.num_anchors = len(aspect_ratios)  # A
+        self.num_anchors = len(aspect_ratios)  # B
         for level, size in enumerate(sizes):
             cell = cell_anchors(size, aspect_ratios, round_to_pixels=round_cell_anchors)
             self.register_buffer(f"cell_anchors_{level}", cell, persistent=False)
 
     def forward(self, grid_sizes: list[tuple[int, int]]) -> list[Tensor]:
-        """grid_sizes: per level (H_l, W_l) -> per level (H_l * W_l * A, 4) xyxy img anchors."""
+        """grid_sizes: per level (H_l, W_l) -> per level (H_l * W_l * B, 4) xyxy img anchors."""
         anchors = []
         padded_h, padded_w = grid_sizes[0][0] * self.strides[0], grid_sizes[0][1] * self.strides[0]
         for level, ((H, W), stride) in enumerate(zip(grid_sizes, self.strides)):
-            base = getattr(self, f"cell_anchors_{level}")  # (A, 4)
+            base = getattr(self, f"cell_anchors_{level}")  # (B, 4)
             stride_y, stride_x = (padded_h // H, padded_w // W) if self.stride_from_grid else (stride, stride)
             xs = (torch.arange(W, device=base.device, dtype=torch.float32) + self.offset) * stride_x
             ys = (torch.arange(H, device=base.device, dtype=torch.float32) + self.offset) * stride_y

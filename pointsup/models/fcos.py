@@ -177,7 +177,7 @@ def assign_fcos_targets(
 
 
 def centerness_targets(ltrb: Tensor) -> Tensor:
-    """(S, 4) ltrb distances -> (S,) sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) in [0, 1]."""
+    """(Q', 4) ltrb distances of Q' positive locations -> (Q',) sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) in [0, 1]."""
     if ltrb.shape[0] == 0:
         return ltrb.new_zeros(0)
     lr = ltrb[:, [0, 2]]

@@ -1,6 +1,8 @@
 """From box-relative mask grids to full-image masks, and from input size to output size.
 
-Shape letters: R (or D) detections, S side of a predicted mask grid, H x W image.
+Shape letters (`pointsup.structures`): R masks to paste with their boxes (any RoIs),
+D detections of one image (a model's output rows), S side of a predicted mask grid,
+H x W image.
 
 A mask grid covers its box exactly (`pointsup.ops.point_features`): pixel (i, j) of the
 image has its centre at (j + 0.5, i + 0.5) in the `*_img` frame, i.e. at

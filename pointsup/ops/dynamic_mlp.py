@@ -12,8 +12,9 @@ A 1x1 conv and a linear layer applied per point are the same matrix product, so 
 here as one batched matmul per layer over all instances (equivalent to a grouped conv with
 groups = R, or to a loop of F.linear over instances).
 
-Shape letters: R instances, P points (or pixels) of each instance, D parameters per
-instance; layer l maps in_l -> out_l channels.
+Shape letters (`pointsup.structures`): R instances (RoIs, or CondInst's sampled locations),
+P points (or pixels) of each instance, G generated parameters per instance; layer l maps
+in_l -> out_l channels.
 
 Parameter layout (AdelaiDet's `parse_dynamic_params`, the Implicit PointRend reference's
 `_parse_params`): for layers of shapes (out_l, in_l),
@@ -32,12 +33,12 @@ LayerShapes = list[tuple[int, int]]  # (out_l, in_l) per layer
 
 
 def num_dynamic_params(layer_shapes: LayerShapes) -> int:
-    """D: weights and biases of all layers."""
+    """G: weights and biases of all layers."""
     return sum(o * i + o for o, i in layer_shapes)
 
 
 def split_dynamic_params(params: Tensor, layer_shapes: LayerShapes) -> tuple[list[Tensor], list[Tensor]]:
-    """params (R, D) in the layout above -> weights [(R, out_l, in_l)] and biases [(R, out_l)]."""
+    """params (R, G) in the layout above -> weights [(R, out_l, in_l)] and biases [(R, out_l)]."""
     R, D = params.shape
     if D != num_dynamic_params(layer_shapes):
         raise ValueError(f"expected {num_dynamic_params(layer_shapes)} parameters per instance, got {D}")
