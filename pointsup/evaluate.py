@@ -46,18 +46,16 @@ def evaluate(weights: str, cfg: Config | str | None = None, overrides: list[str]
     from pointsup.data.coco import CocoInstanceDataset
     from pointsup.data.transforms import build_test_transforms
     from pointsup.predictor import config_for_checkpoint, load_model_and_categories
-    from pointsup.train import prepare_synthetic_data, resolve_device
+    from pointsup.data.builtin import data_paths
 
     state = load_checkpoint(weights)  # weights_only=True: refuses a file that would run code
     overrides = [*overrides, *([f"output_dir={output_dir}"] if output_dir else [])]
     cfg = config_for_checkpoint(state, weights, cfg, overrides)
-    device = resolve_device(cfg.device)
+    device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_distributed(device)
     try:
-        val_json, val_images = cfg.data.val_json, cfg.data.val_images
-        if not cfg.data.train_json:  # the built-in synthetic data set
-            _, _, val_json, val_images = prepare_synthetic_data(cfg)
-        dataset = CocoInstanceDataset(val_json, val_images, transforms=build_test_transforms(cfg.data),
+        paths = data_paths(cfg)  # the built-in data set when data.train_json is empty
+        dataset = CocoInstanceDataset(paths.val_json, paths.val_images, transforms=build_test_transforms(cfg.data),
                                       use_masks=False, use_points=False,
                                       allow_paths_outside_root=cfg.data.allow_paths_outside_image_root)
         if not cfg.model.num_classes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from pointsup.utils import distributed as dist_utils
 
@@ -75,28 +74,20 @@ def coco_eval(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list
     return {name: (float(v) * 100 if v >= 0 else None) for name, v in zip(_METRIC_NAMES, evaluator.stats)}
 
 
-@torch.no_grad()
 def run_inference(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 1,
-                  num_workers: int = 0, amp_dtype: torch.dtype | None = None, num_images: int = 0) -> list[dict]:
+                  num_workers: int = 0, amp_dtype: torch.dtype | None = None, num_images: int = 0,
+                  progress: bool = True) -> list[dict]:
     """COCO results for this rank's shard of `dataset` (needs `contiguous_to_category_id`);
-    only its first `num_images` images when that is > 0."""
-    from pointsup.data.collate import collate
+    only its first `num_images` images when that is > 0. A progress bar on rank 0."""
+    from pointsup.inference import predict_dataset
 
     rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
     total = min(num_images, len(dataset)) if num_images > 0 else len(dataset)
-    shard = Subset(dataset, list(range(rank, total, world_size)))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=partial(collate, size_divisibility=32))
-    was_training = model.training
-    model.eval()
     results = []
-    for batch in loader:
-        batch = batch.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            predictions = model(batch.images, batch.image_sizes, output_sizes=batch.orig_sizes)
-        for prediction, image_id in zip(predictions, batch.image_ids):
+    for batch, detections in predict_dataset(model, dataset, device, range(rank, total, world_size), batch_size,
+                                             num_workers, amp_dtype, progress="eval" if progress and rank == 0 else None):
+        for prediction, image_id in zip(detections, batch.image_ids):
             results += instances_to_coco_results(prediction, image_id, dataset.contiguous_to_category_id)
-    model.train(was_training)
     return results
 
 

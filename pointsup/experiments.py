@@ -241,7 +241,7 @@ def builtin_data(args: argparse.Namespace) -> Data:
     """The built-in synthetic data set (or a variant of it), generated once."""
     from pointsup.config import DataConfig
     from pointsup.data.synthetic import generate_synthetic_dataset
-    from pointsup.train import synthetic_folder_name
+    from pointsup.data.builtin import synthetic_folder_name
 
     data = DataConfig(synthetic_max_objects=args.synthetic_max_objects, synthetic_num_classes=args.synthetic_num_classes,
                       synthetic_background=args.synthetic_background, synthetic_image_size=args.synthetic_image_size)

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pointsup.data.collate import pad_images
 from pointsup.predictor import Predictor
 from pointsup.utils.io import atomic_save_png, atomic_write_json
 
@@ -56,25 +55,22 @@ def draw_prediction(image: Tensor, prediction: dict[str, Tensor], class_names: l
     return np.asarray(drawn)
 
 
-@torch.no_grad()
 def visualize_dataset(model: nn.Module, dataset: Dataset, out_dir: str, num_images: int, device: torch.device,
                       score_thresh: float = 0.5) -> list[str]:
     """Predictions on the first `num_images` items of `dataset` -> out_dir/<image_id>.png."""
-    was_training = model.training
-    model.eval()
+    from pointsup.inference import predict_dataset
+
     paths, best_score, drawn = [], 0.0, 0
-    for index in range(min(num_images, len(dataset))):
-        sample = dataset[index]
-        H, W = sample.image.shape[-2:]
-        images = pad_images([sample.image]).to(device)  # (1, 3, H_pad, W_pad)
-        (prediction,) = model(images, [(H, W)])
-        path = os.path.join(out_dir, f"{sample.image_id}.png")
-        atomic_save_png(path, draw_prediction(sample.image, prediction, dataset.class_names, score_thresh))
+    indices = range(min(num_images, len(dataset)))
+    for batch, (prediction,) in predict_dataset(model, dataset, device, indices, original_frame=False):
+        (H, W), image_id = batch.image_sizes[0], batch.image_ids[0]
+        image = batch.images[0, :, :H, :W].cpu()  # (3, H, W) the resized image the model saw
+        path = os.path.join(out_dir, f"{image_id}.png")
+        atomic_save_png(path, draw_prediction(image, prediction, dataset.class_names, score_thresh))
         paths.append(path)
         scores = prediction["pred_scores"]
         best_score = max(best_score, scores.max().item() if len(scores) else 0.0)
         drawn += int((scores >= score_thresh).sum())
-    model.train(was_training)
     if paths and drawn == 0:  # a blank drawing should not look like a bug
         warnings.warn(f"{out_dir}: no detection reached score {score_thresh} in the {len(paths)} images drawn "
                       f"(highest score {best_score:.3f}); the PNGs show the images only", stacklevel=3)

@@ -202,16 +202,15 @@ class Predictor:
 
     @torch.no_grad()
     def __call__(self, image: ImageLike) -> Prediction:
-        from pointsup.data.collate import pad_images
+        from pointsup.inference import predict_batch
         from pointsup.structures import InstanceTargets
 
         image_hwc = image_to_uint8_hwc(image)  # (H, W, 3) uint8
         H, W = image_hwc.shape[:2]
         image_chw = torch.from_numpy(image_hwc.copy()).permute(2, 0, 1).float()  # (3, H, W) 0..255
         resized, _ = self.transforms(image_chw, InstanceTargets.empty((H, W)))  # (3, h, w)
-        h, w = resized.shape[-2:]
         # Padded to a multiple of 32 as in training; boxes and masks come back in the (H, W) frame.
-        (output,) = self.model(pad_images([resized]).to(self.device), [(h, w)], output_sizes=[(H, W)])
+        (output,) = predict_batch(self.model, [resized], self.device, output_sizes=[(H, W)])
         keep = output["pred_scores"] >= self.score_thresh  # (D,)
         classes = output["pred_classes"][keep].cpu()  # (D,)
         return Prediction(

@@ -28,29 +28,16 @@ import os
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from pointsup.config import Config, load_config
 from pointsup.data.coco import load_coco_json, load_image_rgb, resolve_image_path
-from pointsup.data.collate import pad_images
+from pointsup.inference import predict_masks_for_boxes
 from pointsup.data.transforms import build_test_transforms
 from pointsup.models.postprocess import paste_masks_in_image
 from pointsup.structures import InstanceTargets
 from pointsup.utils.io import atomic_write_json
-
-
-@torch.no_grad()
-def predict_masks_for_boxes(model: nn.Module, image: Tensor, boxes_xyxy: Tensor, classes: Tensor) -> Tensor:
-    """Mask probabilities of given boxes: image (3, H, W) RGB 0..255, boxes (M, 4) in that
-    image's frame, classes (M,) contiguous -> (M, S, S) on each box's grid."""
-    if not (hasattr(model, "backbone") and hasattr(model, "roi_heads")):
-        raise TypeError("self-training needs an R-CNN model (Mask R-CNN, PointRend or Implicit PointRend)")
-    H, W = image.shape[-2:]
-    padded = pad_images([image])  # (1, 3, H_pad, W_pad), as collate pads
-    # The model's own normalisation (channel order, mean/std, padding convention).
-    features = model.backbone(model.normalize(padded, [(H, W)]))
-    return model.roi_heads.mask_head(features, [boxes_xyxy], [classes])[0]
 
 
 def pseudo_label_coco(model: nn.Module, coco: dict, image_dir: str, cfg: Config, device: torch.device | str = "cpu",
@@ -92,8 +79,9 @@ def pseudo_label_coco(model: nn.Module, coco: dict, image_dir: str, cfg: Config,
 
 
 def cli(argv: list[str] | None = None) -> str:
+    from pointsup.data.builtin import data_paths
     from pointsup.predictor import load_model_for_inference
-    from pointsup.train import prepare_synthetic_data, resolve_device
+    from pointsup.utils.distributed import resolve_device
 
     parser = argparse.ArgumentParser(prog="python -m pointsup.self_training",
                                      description="Pseudo masks for the training set from GT boxes (self-training).",
@@ -110,8 +98,10 @@ def cli(argv: list[str] | None = None) -> str:
     cfg = load_config(args.config, args.set)
     json_path, image_dir = args.input or cfg.data.train_json, args.images or cfg.data.train_images
     val_json, val_images = cfg.data.val_json, cfg.data.val_images
-    if not json_path:  # the built-in synthetic data set
-        json_path, image_dir, val_json, val_images = prepare_synthetic_data(cfg)
+    if not json_path:  # the built-in synthetic data set (created on first use)
+        paths = data_paths(cfg)
+        json_path = paths.train_points_json if cfg.model.mask_head.supervision == "points" else paths.train_json
+        image_dir, val_json, val_images = paths.train_images, paths.val_json, paths.val_images
     if os.path.realpath(args.output) in (os.path.realpath(json_path), os.path.realpath(args.weights)):
         raise ValueError(f"--output {args.output} would replace an input; choose another file name")
     device = resolve_device(cfg.device)

@@ -9,7 +9,9 @@ Multi-GPU (or multi-process CPU) training is plain DDP launched by torchrun:
 
     torchrun --nproc_per_node=8 -m pointsup.train --config configs/coco/mask_rcnn_R_50_FPN_3x_P10.yaml
 
-The loop in `main` reads top to bottom. Three ideas make resume and DDP simple:
+`main` is a short story of named steps (`start_processes`, `build_datasets`, `build_optimizer`,
+`restore`, `prepare_output_dir`, `train_loop`, `finish`); `train_loop` and `train_step` hold the
+loop itself. Three ideas make resume and DDP simple:
   * the LR is a pure function of the iteration (`lr_at`), so no scheduler state exists;
   * the data order is a pure function of (seed, position in the stream) (`InfiniteSampler`),
     so resuming only needs the number of samples consumed = iteration * ims_per_batch;
@@ -26,6 +28,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Iterator
 
@@ -128,15 +131,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def resolve_device(name: str) -> torch.device:
-    if not name:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", dist_utils.get_local_rank())
-    return device
-
-
 def micro_batch_size(solver: SolverConfig, world_size: int) -> int:
     """Images per process per forward pass: ims_per_batch / (world_size * accumulate_steps)."""
     parts = world_size * solver.accumulate_steps
@@ -161,67 +155,26 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
-    """The training set (masks or points, by cfg.model.mask_head.supervision) and the val set."""
+    """The training set (with the labels the model's supervision needs, `pointsup.supervision`)
+    and the val set, from the configured data or the built-in data."""
+    from pointsup.data.builtin import data_paths
     from pointsup.data.coco import CocoInstanceDataset
     from pointsup.data.transforms import build_test_transforms, build_train_transforms
+    from pointsup.supervision import dataset_labels
 
     data = cfg.data
-    supervision = cfg.model.mask_head.supervision
-    if data.train_json:
-        train_json, train_images, val_json, val_images = data.train_json, data.train_images, data.val_json, data.val_images
-    else:
-        train_json, train_images, val_json, val_images = prepare_synthetic_data(cfg)
+    boxinst = cfg.model.meta_architecture == "condinst" and cfg.model.condinst.boxinst
+    labels = dataset_labels(cfg.model.mask_head.supervision, boxinst)
+    paths = data_paths(cfg)
     train_set = CocoInstanceDataset(
-        train_json, train_images, transforms=build_train_transforms(data),
-        use_masks=supervision == "masks", use_points=supervision == "points", skip_empty=data.filter_empty,
-        require_points=supervision == "points", allow_paths_outside_root=data.allow_paths_outside_image_root,
+        paths.train_points_json if labels.use_points else paths.train_json, paths.train_images,
+        transforms=build_train_transforms(data), use_masks=labels.use_masks, use_points=labels.use_points,
+        require_masks=labels.require_masks, require_points=labels.require_points, skip_empty=data.filter_empty,
+        allow_paths_outside_root=data.allow_paths_outside_image_root,
     )
-    val_set = CocoInstanceDataset(val_json, val_images, transforms=build_test_transforms(data), use_masks=False,
+    val_set = CocoInstanceDataset(paths.val_json, paths.val_images, transforms=build_test_transforms(data), use_masks=False,
                                   use_points=False, allow_paths_outside_root=data.allow_paths_outside_image_root)
     return train_set, val_set
-
-
-def synthetic_folder_name(data) -> str:
-    """Cache folder of the built-in data: every generation parameter is in the name (the
-    default variant keeps its historical name)."""
-    name = f"train{data.synthetic_num_train}_val{data.synthetic_num_val}_size{data.synthetic_image_size}"
-    variant = (data.synthetic_max_objects, data.synthetic_num_classes, data.synthetic_background)
-    if variant != (6, 5, "texture"):
-        name += f"_obj{variant[0]}_cls{variant[1]}_{variant[2]}"
-    return name
-
-
-def prepare_synthetic_data(cfg: Config) -> tuple[str, str, str, str]:
-    """Create the built-in synthetic data set (and its P_N points file) once; return its paths.
-
-    The folder name encodes the generation parameters so that changing them never reuses a
-    stale cache. Point labels are simulated from the train masks (paper sec. 3.1), and the
-    masks are then removed from that file: point-supervised training never sees a mask.
-    """
-    from pointsup.data.simulate_points import simulate_points
-    from pointsup.data.synthetic import generate_synthetic_dataset
-
-    data = cfg.data
-    root = os.path.join(data.synthetic_dir, synthetic_folder_name(data))
-    points_json = os.path.join(root, f"train_points_n{data.num_points}_without_masks.json")
-    if dist_utils.is_main_process():
-        if not os.path.exists(os.path.join(root, "val.json")):
-            print(f"[pointsup] generating the synthetic data set in {root}")
-            generate_synthetic_dataset(
-                root, data.synthetic_num_train, data.synthetic_num_val, data.synthetic_image_size, seed=0,
-                max_objects=data.synthetic_max_objects, num_classes=data.synthetic_num_classes,
-                background=data.synthetic_background,
-            )
-        if not os.path.exists(points_json):
-            with open(os.path.join(root, "train.json")) as f:
-                coco_dict = json.load(f)
-            coco_dict = simulate_points(coco_dict, data.num_points, seed=0, keep_masks=False)
-            assert not any("segmentation" in ann for ann in coco_dict["annotations"])
-            atomic_write_json(points_json, coco_dict)
-    dist_utils.barrier()  # the other ranks wait until rank 0 has written the files
-    train_json = points_json if cfg.model.mask_head.supervision == "points" else os.path.join(root, "train.json")
-    images = os.path.join(root, "images")
-    return train_json, images, os.path.join(root, "val.json"), images
 
 
 def build_train_loader(cfg: Config, dataset: Dataset, batch_size: int, start: int, device: torch.device) -> DataLoader:
@@ -240,6 +193,30 @@ def build_train_loader(cfg: Config, dataset: Dataset, batch_size: int, start: in
     )
 
 
+@dataclass
+class Run:
+    """What the steps of one training run share (`main` builds it, the steps below use it)."""
+
+    cfg: Config
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_set: Dataset
+    val_set: Dataset | None
+    guard: DivergenceGuard | None = None
+    rank: int = field(default_factory=dist_utils.get_rank)
+    world_size: int = field(default_factory=dist_utils.get_world_size)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def metrics_jsonl(self) -> str:
+        return os.path.join(self.cfg.output_dir, "metrics.jsonl")
+
+
 def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
          train_set: Dataset | None = None, val_set: Dataset | None = None, overwrite: bool = False) -> dict:
     """Train (and evaluate) as configured; returns the final metrics (on rank 0; {} elsewhere).
@@ -250,173 +227,228 @@ def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
     SIGINT / SIGTERM during the loop save a checkpoint and raise `TrainingInterrupted`.
     """
     with StopRequest() as stop:
-        return _main(cfg, resume, overwrite, model, train_set, val_set, stop)
+        device = start_processes(cfg)
+        stop.device = device
+        if dist_utils.is_main_process():  # checked before anything is written
+            ckpt.check_output_dir(cfg.output_dir, resume, overwrite)
+        if train_set is None:
+            train_set, val_set = build_datasets(cfg)
+        if model is None:
+            from pointsup.models import build_model
+
+            model = build_model(cfg, cfg.model.num_classes or train_set.num_classes)
+        model.to(device).train()
+        run = Run(cfg, device, model, *build_optimizer(cfg, model, device), train_set, val_set)
+        start_iter, last = restore(run, resume)
+        prepare_output_dir(run, overwrite, start_iter)
+        run.guard = DivergenceGuard(cfg.divergence_max_weight, cfg.divergence_loss_spike, last_good=last)
+        train_loop(run, start_iter, stop)
+        stop.close()  # from here on a signal stops the process as usual
+        return finish(run)
 
 
-def _main(cfg: Config, resume: bool, overwrite: bool, model: nn.Module | None, train_set: Dataset | None,
-          val_set: Dataset | None, stop: StopRequest) -> dict:
-    # ---- Processes, devices, seeds --------------------------------------------------------
+def start_processes(cfg: Config) -> torch.device:
+    """Validate the config, pick the device, join the process group (torchrun), seed."""
     validate_config(cfg)
-    device = resolve_device(cfg.device)
-    stop.device = device
+    device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_distributed(device)
-    rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
-    is_main = rank == 0
-    seed_everything(cfg.seed + rank)  # per-rank seeds: different augmentations per rank
+    seed_everything(cfg.seed + dist_utils.get_rank())  # per-rank seeds: different augmentations per rank
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
+
+
+def build_optimizer(cfg: Config, model: nn.Module, device: torch.device) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+    """SGD with momentum over the trainable parameters (LR set per iteration by `lr_at`)."""
     solver = cfg.solver
-    batch_size = micro_batch_size(solver, world_size)
-    autocast_dtype = amp_dtype(solver.amp, device)
-    out = cfg.output_dir
-    metrics_jsonl = os.path.join(out, "metrics.jsonl")
-    if is_main:  # checked before anything is written
-        ckpt.check_output_dir(out, resume, overwrite)
-
-    # ---- Data, model, optimizer -----------------------------------------------------------
-    if train_set is None:
-        train_set, val_set = build_datasets(cfg)
-    if model is None:
-        from pointsup.models import build_model
-
-        model = build_model(cfg, cfg.model.num_classes or train_set.num_classes)
-    model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr_at(0, solver), momentum=solver.momentum, weight_decay=solver.weight_decay)
-    if is_main:
+    if dist_utils.is_main_process():
         print(f"[pointsup] {describe_lr(solver)}")
     scaler = torch.amp.GradScaler(device.type, enabled=solver.amp == "fp16")  # fp16 only: bf16 needs no scaling
+    return optimizer, scaler
 
-    start_iter = 0
-    # The newest intact checkpoint: a truncated or poisoned newer one is skipped with a warning.
-    last, state = ckpt.load_resume_checkpoint(out, cfg.divergence_max_weight) if resume else (None, None)
-    if last:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_iter = state["iteration"]
-        rng = state["rng"]
-        if len(rng) == world_size:
-            ckpt.set_rng_state(rng[rank])
-        else:  # resumed with another number of processes: fresh but reproducible seeds
-            seed_everything(_mix_seed(cfg.seed, rank, start_iter))
-        if is_main:
-            print(f"[pointsup] resumed from {last} at iteration {start_iter}")
-    elif cfg.model.weights:
-        ckpt.load_model_weights(model, cfg.model.weights)
-    if resume and not last and is_main:
-        print(f"[pointsup] --resume: no checkpoint in {out}, starting from scratch")
-    if is_main:  # the config is valid, the model built, the checkpoint read: only now write
-        if overwrite:
-            ckpt.clear_run(out)
-        os.makedirs(out, exist_ok=True)
-        save_config(cfg, os.path.join(out, "config.yaml"))
-    guard = DivergenceGuard(cfg.divergence_max_weight, cfg.divergence_loss_spike, last_good=last)
-    if is_main:  # log lines after the checkpoint (or of an earlier run) are redone
-        truncate_jsonl(metrics_jsonl, start_iter)
+
+def restore(run: Run, resume: bool) -> tuple[int, str | None]:
+    """--resume: the newest intact checkpoint (a truncated or poisoned newer one is skipped with
+    a warning) -> (its iteration, its path); else model.weights, if any -> (0, None)."""
+    cfg = run.cfg
+    last, state = ckpt.load_resume_checkpoint(cfg.output_dir, cfg.divergence_max_weight) if resume else (None, None)
+    if not last:
+        if cfg.model.weights:
+            ckpt.load_model_weights(run.model, cfg.model.weights)
+        if resume and run.is_main:
+            print(f"[pointsup] --resume: no checkpoint in {cfg.output_dir}, starting from scratch")
+        return 0, None
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    start_iter, rng = state["iteration"], state["rng"]
+    if len(rng) == run.world_size:
+        ckpt.set_rng_state(rng[run.rank])
+    else:  # resumed with another number of processes: fresh but reproducible seeds
+        seed_everything(_mix_seed(cfg.seed, run.rank, start_iter))
+    if run.is_main:
+        print(f"[pointsup] resumed from {last} at iteration {start_iter}")
+    return start_iter, last
+
+
+def prepare_output_dir(run: Run, overwrite: bool, start_iter: int) -> None:
+    """Only now, with the config valid, the model built and the checkpoint read, write: the
+    config, and a metrics log without the lines after the checkpoint (they are redone)."""
+    if not run.is_main:
+        return
+    if overwrite:
+        ckpt.clear_run(run.cfg.output_dir)
+    os.makedirs(run.cfg.output_dir, exist_ok=True)
+    save_config(run.cfg, os.path.join(run.cfg.output_dir, "config.yaml"))
+    truncate_jsonl(run.metrics_jsonl, start_iter)
+
+
+def train_loop(run: Run, start_iter: int, stop: StopRequest) -> None:
+    """Optimizer steps start_iter .. max_iter, with logging, checkpoints and evaluations on
+    their periods; SIGINT / SIGTERM save the current iteration and raise TrainingInterrupted."""
+    cfg, solver = run.cfg, run.cfg.solver
     # find_unused_parameters=False: every model keeps all its parameters in the graph.
-    ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else model
-    loader = build_train_loader(cfg, train_set, batch_size, start=start_iter * solver.ims_per_batch, device=device)
-    batches = iter(loader)
-
-    def save(iteration: int, final: bool = False, confirmed: bool = False) -> str | None:
-        rng_per_rank = dist_utils.all_gather_objects(ckpt.get_rng_state())  # collective: all ranks
-        if not guard.may_save(iteration, model, final):  # never write a diverged checkpoint
-            return None
-        if is_main:
-            state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "iteration": iteration, "config": config_to_dict(cfg), "rng": rng_per_rank,
-                "class_names": list(getattr(train_set, "class_names", [])),  # for predict.py
-                "category_ids": list(getattr(train_set, "contiguous_to_category_id", [])),  # its results JSON
-            }
-            # last_checkpoint moves to it once the next loss is finite (pointsup/divergence.py).
-            path = ckpt.save_checkpoint(out, ckpt.checkpoint_name(iteration, final), state, point_last=False)
-            guard.saved(path, iteration, confirmed=final or confirmed)
-            ckpt.prune_checkpoints(out, cfg.checkpoint_keep_last)
-            return path
-        return None
-
-    def evaluate(iteration: int, final: bool = False) -> dict:
-        if val_set is None:
-            return {}
-        num_images = 0 if final else cfg.eval_num_images  # periodic: a fixed subset
-        metrics = evaluate_coco(model, val_set, device=device, num_workers=cfg.data.num_workers, num_images=num_images)
-        if is_main:
-            subset = {} if final or num_images <= 0 else {"eval_num_images": min(num_images, len(val_set))}
-            append_jsonl(metrics_jsonl, {"iter": iteration, **metrics, **subset})
-            tqdm.write(f"[pointsup] evaluation at iteration {iteration}:\n{format_metrics(metrics)}")
-            records = read_jsonl(metrics_jsonl)  # curves drawn as the run goes
-            draw_loss_curve(records, os.path.join(out, "loss_curve.png"))
-            draw_ap_curve(records, os.path.join(out, "ap_curve.png"))
-        return metrics
-
-    # ---- The loop -------------------------------------------------------------------------
-    progress = tqdm(total=solver.max_iter, initial=start_iter, disable=not is_main, dynamic_ncols=True, desc="train")
-    log_sums: dict[str, torch.Tensor] = {}  # loss sums since the last log step (on device, no sync)
-    log_count, log_start = 0, time.perf_counter()
+    ddp_device_ids = [run.device.index] if run.device.type == "cuda" else None
+    ddp_model = DDP(run.model, device_ids=ddp_device_ids) if run.world_size > 1 else run.model
+    batch_size = micro_batch_size(solver, run.world_size)
+    batches = iter(build_train_loader(cfg, run.train_set, batch_size, start_iter * solver.ims_per_batch, run.device))
+    progress = tqdm(total=solver.max_iter, initial=start_iter, disable=not run.is_main, dynamic_ncols=True, desc="train")
+    log = LossLog()
     for it in range(start_iter, solver.max_iter):
         lr = lr_at(it, solver)
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-
-        # Gradient accumulation: grads of `accumulate_steps` micro-batches add up before the
-        # step; DDP all-reduces them only on the last one (no_sync on the others).
-        for micro_step in range(solver.accumulate_steps):
-            batch = next(batches).to(device, non_blocking=True)
-            last_micro = micro_step == solver.accumulate_steps - 1
-            with ddp_model.no_sync() if world_size > 1 and not last_micro else nullcontext():
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    loss_dict = ddp_model(batch.images, batch.image_sizes, batch.targets)
-                loss = sum(loss_dict.values())
-                scaler.scale(loss / solver.accumulate_steps).backward()
-            # One host sync per micro-step (cheap next to a detector step), so a NaN stops
-            # the run before the optimizer step; loss spikes are recorded (pointsup/divergence.py).
-            guard.check_loss(it + 1, loss_dict)
-            for k, v in loss_dict.items():
-                log_sums[k] = log_sums.get(k, 0) + v.detach().float() / solver.accumulate_steps
-        if solver.clip_grad_norm > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(params, solver.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        log_count += 1
+        log.add(train_step(run, ddp_model, batches, it))
         progress.update(1)
         iteration = it + 1  # optimizer steps done
-
-        # Logging: the only place where losses are reduced across ranks (one all_reduce).
         if (cfg.log_period > 0 and iteration % cfg.log_period == 0) or iteration == solver.max_iter:
-            losses = dist_utils.reduce_loss_dict({k: v / log_count for k, v in log_sums.items()})
-            total = sum(losses.values())
-            seconds = (time.perf_counter() - log_start) / log_count
-            if is_main:
-                append_jsonl(metrics_jsonl, {"iter": iteration, "lr": lr, **losses, "total_loss": total, "time": seconds})
-                progress.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}")
-            log_sums, log_count, log_start = {}, 0, time.perf_counter()
-        if cfg.checkpoint_period > 0 and iteration % cfg.checkpoint_period == 0 and iteration < solver.max_iter:
-            save(iteration)
-        if cfg.eval_period > 0 and iteration % cfg.eval_period == 0 and iteration < solver.max_iter:
-            evaluate(iteration)
-        if stop.requested() and iteration < solver.max_iter:  # SIGINT / SIGTERM: save this iteration, stop
-            raise TrainingInterrupted(stop.signum, iteration, save(iteration, confirmed=True), guard.last_good)
+            total = log.write(run, iteration, lr)
+            progress.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}")
+        if iteration < solver.max_iter:
+            if cfg.checkpoint_period > 0 and iteration % cfg.checkpoint_period == 0:
+                save_checkpoint(run, iteration)
+            if cfg.eval_period > 0 and iteration % cfg.eval_period == 0:
+                evaluate_and_log(run, iteration)
+            if stop.requested():  # SIGINT / SIGTERM: save this iteration, stop
+                raise TrainingInterrupted(stop.signum, iteration, save_checkpoint(run, iteration, confirmed=True),
+                                          run.guard.last_good)
     progress.close()
-    stop.close()  # from here on a signal stops the process as usual
 
-    # ---- The end: final checkpoint, evaluation, loss curve, prediction PNGs ----------------
-    save(solver.max_iter, final=True)
-    metrics = evaluate(solver.max_iter, final=True)
-    if is_main:
-        metrics = {**metrics, "iteration": solver.max_iter}
+
+def train_step(run: Run, ddp_model: nn.Module, batches: Iterator, it: int) -> dict[str, torch.Tensor]:
+    """One optimizer step over `accumulate_steps` micro-batches; returns the losses (detached,
+    averaged over the micro-batches, on the device: no host sync beyond the NaN check)."""
+    solver = run.cfg.solver
+    autocast_dtype = amp_dtype(solver.amp, run.device)
+    losses: dict[str, torch.Tensor] = {}
+    # Gradient accumulation: grads of `accumulate_steps` micro-batches add up before the
+    # step; DDP all-reduces them only on the last one (no_sync on the others).
+    for micro_step in range(solver.accumulate_steps):
+        batch = next(batches).to(run.device, non_blocking=True)
+        last_micro = micro_step == solver.accumulate_steps - 1
+        with ddp_model.no_sync() if run.world_size > 1 and not last_micro else nullcontext():
+            with torch.autocast(run.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                loss_dict = ddp_model(batch.images, batch.image_sizes, batch.targets)
+            loss = sum(loss_dict.values())
+            run.scaler.scale(loss / solver.accumulate_steps).backward()
+        # One host sync per micro-step (cheap next to a detector step), so a NaN stops the run
+        # before the optimizer step; loss spikes are recorded (pointsup/divergence.py).
+        run.guard.check_loss(it + 1, loss_dict)
+        for k, v in loss_dict.items():
+            losses[k] = losses.get(k, 0) + v.detach().float() / solver.accumulate_steps
+    if solver.clip_grad_norm > 0:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for group in run.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, solver.clip_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+class LossLog:
+    """Loss sums since the last log step, kept on the device; `write` is the only place where
+    losses are reduced across ranks (one all_reduce) and appended to metrics.jsonl."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count, self.start = 0, time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.count += 1
+
+    def write(self, run: Run, iteration: int, lr: float) -> float:
+        losses = dist_utils.reduce_loss_dict({k: v / self.count for k, v in self.sums.items()})
+        total = sum(losses.values())
+        seconds = (time.perf_counter() - self.start) / self.count
+        if run.is_main:
+            append_jsonl(run.metrics_jsonl, {"iter": iteration, "lr": lr, **losses, "total_loss": total, "time": seconds})
+        self.reset()
+        return total
+
+
+def save_checkpoint(run: Run, iteration: int, final: bool = False, confirmed: bool = False) -> str | None:
+    """model_<iteration>.pth (model_final.pth) with everything an exact resume needs; never a
+    diverged one (`DivergenceGuard`). Collective: every rank calls it."""
+    rng_per_rank = dist_utils.all_gather_objects(ckpt.get_rng_state())
+    if not run.guard.may_save(iteration, run.model, final) or not run.is_main:
+        return None
+    state = {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "iteration": iteration, "config": config_to_dict(run.cfg), "rng": rng_per_rank,
+        "class_names": list(getattr(run.train_set, "class_names", [])),  # for the Predictor
+        "category_ids": list(getattr(run.train_set, "contiguous_to_category_id", [])),  # its results JSON
+    }
+    # last_checkpoint moves to it once the next loss is finite (pointsup/divergence.py).
+    path = ckpt.save_checkpoint(run.cfg.output_dir, ckpt.checkpoint_name(iteration, final), state, point_last=False)
+    run.guard.saved(path, iteration, confirmed=final or confirmed)
+    ckpt.prune_checkpoints(run.cfg.output_dir, run.cfg.checkpoint_keep_last)
+    return path
+
+
+def evaluate_and_log(run: Run, iteration: int, final: bool = False) -> dict:
+    """COCO AP on the val set (periodic: its first eval_num_images images), logged to
+    metrics.jsonl, with the loss and AP curves redrawn."""
+    if run.val_set is None:
+        return {}
+    cfg, out = run.cfg, run.cfg.output_dir
+    num_images = 0 if final else cfg.eval_num_images  # periodic: a fixed subset
+    metrics = evaluate_coco(run.model, run.val_set, device=run.device, num_workers=cfg.data.num_workers,
+                            num_images=num_images)
+    if run.is_main:
+        subset = {} if final or num_images <= 0 else {"eval_num_images": min(num_images, len(run.val_set))}
+        append_jsonl(run.metrics_jsonl, {"iter": iteration, **metrics, **subset})
+        tqdm.write(f"[pointsup] evaluation at iteration {iteration}:\n{format_metrics(metrics)}")
+        records = read_jsonl(run.metrics_jsonl)  # curves drawn as the run goes
+        draw_loss_curve(records, os.path.join(out, "loss_curve.png"))
+        draw_ap_curve(records, os.path.join(out, "ap_curve.png"))
+    return metrics
+
+
+def finish(run: Run) -> dict:
+    """The final checkpoint, evaluation on all val images, metrics.json, loss curve and the
+    prediction PNGs; returns the metrics on rank 0 ({} elsewhere)."""
+    cfg, out = run.cfg, run.cfg.output_dir
+    save_checkpoint(run, cfg.solver.max_iter, final=True)
+    metrics = evaluate_and_log(run, cfg.solver.max_iter, final=True)
+    if run.is_main:
+        metrics = {**metrics, "iteration": cfg.solver.max_iter}
         atomic_write_json(os.path.join(out, "metrics.json"), metrics, indent=2)
-        draw_loss_curve(read_jsonl(metrics_jsonl), os.path.join(out, "loss_curve.png"))
-        if cfg.num_vis > 0 and val_set is not None:
+        draw_loss_curve(read_jsonl(run.metrics_jsonl), os.path.join(out, "loss_curve.png"))
+        if cfg.num_vis > 0 and run.val_set is not None:
             from pointsup.predict import visualize_dataset
 
-            visualize_dataset(model, val_set, os.path.join(out, "vis"), cfg.num_vis, device)
+            visualize_dataset(run.model, run.val_set, os.path.join(out, "vis"), cfg.num_vis, run.device)
     dist_utils.barrier()
-    return metrics if is_main else {}
+    return metrics if run.is_main else {}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

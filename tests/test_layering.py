@@ -11,10 +11,7 @@ LOW = ["utils", "ops", "structures.py"]
 HIGH = ("pointsup.data", "pointsup.models", "pointsup.losses", "pointsup.supervision", "pointsup.train",
         "pointsup.evaluate", "pointsup.predict", "pointsup.inference", "pointsup.self_training")
 
-# Known exception, to be removed: the `python -m pointsup.utils.visualize` command renders a
-# COCO JSON through CocoInstanceDataset. Its command line belongs in pointsup.data; moving it
-# changes the command name (README, pyproject.toml, tests/engine/test_cli_help.py).
-KNOWN_UPWARD_IMPORTS = {("utils/visualize.py", "pointsup.data.coco")}
+KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()  # none left
 
 
 def upward_imports(path: pathlib.Path) -> set[str]:

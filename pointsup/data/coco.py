@@ -177,6 +177,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     use_points:  read point_coords / point_labels.
     skip_empty:  drop images without non-crowd objects at construction (for training).
     require_points: point supervision: no usable point in the whole set is an error.
+    require_masks: mask supervision: no segmentation in the whole set is an error.
     allow_paths_outside_root: accept file_name entries that leave image_dir.
     check_files: check up front that every image file exists.
     """
@@ -192,6 +193,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         require_points: bool = False,
         allow_paths_outside_root: bool = False,
         check_files: bool = True,
+        require_masks: bool = False,
     ) -> None:
         self.json_path = json_path
         self.image_dir = image_dir
@@ -237,6 +239,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         ]
         if use_points:
             self._check_points(require_points)
+        if require_masks:
+            self._check_masks()
         if check_files:
             self._check_files_exist()
 
@@ -269,6 +273,14 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             shown = ", ".join(f"{path} (image id {i})" for i, path in missing[:5])
             raise FileNotFoundError(f"{self.json_path}: {len(missing)} of {len(self.image_ids)} image files not found: "
                                     f"{shown}{' ...' if len(missing) > 5 else ''}")
+
+    def _check_masks(self) -> None:
+        """Mask supervision on a file without a single segmentation would train no mask at all."""
+        instances = [inst for image_id in self.image_ids for inst in self._instances[image_id]]
+        if instances and all(inst.segmentation is None for inst in instances):
+            raise ValueError(f"{self.json_path}: mask supervision, but none of the {len(instances)} annotations has a "
+                             f"segmentation (for point labels, point_coords / point_labels, train with "
+                             f"model.mask_head.supervision=points)")
 
     def _check_points(self, require_points: bool) -> None:
         """Count annotations without points and points outside their box; with

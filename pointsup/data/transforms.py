@@ -26,6 +26,7 @@ from torch import Tensor
 
 from pointsup.config import DataConfig
 from pointsup.structures import IGNORE_LABEL, InstanceTargets
+from pointsup.supervision import augment_points
 
 Transform = Callable[[Tensor, InstanceTargets], tuple[Tensor, InstanceTargets]]
 
@@ -228,39 +229,9 @@ class RandomCrop:
         return f"RandomCrop(relative_size={self.relative_size})"
 
 
-def subsample_points(point_coords: Tensor, point_labels: Tensor, num_keep: int | None) -> tuple[Tensor, Tensor]:
-    """Keep a random subset of each instance's valid (label >= 0) points.
-
-    point_coords (M, P, 2), point_labels (M, P) -> (M, K, 2), (M, K).
-    num_keep=None: instance m keeps K_m = max(1, N_m // 2) of its N_m valid points (paper
-    sec. 3.2: half the points, 5 of P_10), K = max K_m. Otherwise K = num_keep and each
-    instance keeps min(num_keep, N_m). Unused slots are padded with label -1.
-    """
-    M, P = point_labels.shape
-    valid = point_labels >= 0  # (M, P)
-    num_valid = valid.sum(dim=1)  # (M,)
-    if num_keep is None:
-        keep_per_instance = torch.where(num_valid > 0, (num_valid // 2).clamp(min=1), num_valid)
-        K = int(keep_per_instance.max()) if M > 0 else 0
-    else:
-        K = int(num_keep)
-        keep_per_instance = num_valid.clamp(max=K)
-    # A random permutation of the valid points first: random keys, invalid points last.
-    keys = torch.rand(M, P) + (~valid).float() * 2.0
-    order = keys.argsort(dim=1)[:, :K]  # (M, K') with K' = min(K, P)
-    coords = torch.gather(point_coords, 1, order[..., None].expand(-1, -1, 2))
-    labels = torch.gather(point_labels, 1, order)
-    slot = torch.arange(order.shape[1])[None, :]  # (1, K')
-    labels = torch.where(slot < keep_per_instance[:, None], labels, torch.full_like(labels, IGNORE_LABEL))
-    if order.shape[1] < K:  # fewer columns than asked for: pad to K
-        pad = K - order.shape[1]
-        coords = torch.cat([coords, coords.new_zeros(M, pad, 2)], dim=1)
-        labels = torch.cat([labels, labels.new_full((M, pad), IGNORE_LABEL)], dim=1)
-    return coords, labels
-
-
 class PointAugmentation:
-    """Paper sec. 3.2: every iteration each box keeps a random K of its N points (default N // 2)."""
+    """Paper sec. 3.2: every iteration each box keeps a random K of its N points (default N // 2);
+    the sampling is `pointsup.supervision.augment_points`."""
 
     def __init__(self, num_keep: int | None = None) -> None:
         if num_keep is not None and num_keep < 1:
@@ -270,7 +241,7 @@ class PointAugmentation:
     def __call__(self, image: Tensor, targets: InstanceTargets) -> tuple[Tensor, InstanceTargets]:
         if targets.point_coords is None:
             return image, targets
-        coords, labels = subsample_points(targets.point_coords, targets.point_labels, self.num_keep)
+        coords, labels = augment_points(targets.point_coords, targets.point_labels, self.num_keep)
         return image, replace(targets, point_coords=coords, point_labels=labels)
 
     def __repr__(self) -> str:

@@ -49,8 +49,11 @@ def point_loss(mask_logits: Tensor, point_coords_img: Tensor, point_labels: Tens
     mask_logits:      (S, 1, H4, W4) logits over the padded image at stride `mask_stride`.
     point_coords_img: (S, P, 2) (x, y) in continuous image pixels.
     point_labels:     (S, P) 1 / 0 / -1 (object / background / ignore).
-    returns the mean BCE over all valid (label != -1) points of all S instances, like
-    detectron2's PointSup: every annotated point weighs the same, whatever its instance.
+    returns the mean BCE over the valid (label != -1) points of all S instances: every
+    annotated point weighs the same. CondInst's masks cover the whole image, so no point is
+    ever "outside"; only padding is ignored, and with P_N (the same N for every instance)
+    this equals the R-CNN heads' mean over all points (`point_bce_loss`, detectron2's
+    PointSup). Why the two differ otherwise: `pointsup.supervision`.
 
     The logit grid covers [0, W4 * stride) x [0, H4 * stride) with cell centres at
     stride * (j + 0.5), so image pixels map to the map's [0, 1] extent by dividing by

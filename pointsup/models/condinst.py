@@ -36,7 +36,8 @@ from pointsup.losses.condinst_losses import (
 from pointsup.models.fcos import FCOS, build_fcos, compute_locations, flatten_levels, group_norm
 from pointsup.models.inputs import check_input_format, normalize_images, pixel_stat
 from pointsup.ops.dynamic_mlp import dynamic_mlp, num_dynamic_params, split_dynamic_params
-from pointsup.structures import IGNORE_LABEL, InstanceTargets
+from pointsup.structures import InstanceTargets
+from pointsup.supervision import check_supervision, stack_points
 
 MASK_OUT_STRIDE = 4  # CondInst's mask logits live at stride 4 of the input
 
@@ -177,25 +178,6 @@ def box_masks_at_stride(boxes_xyxy: Tensor, size: tuple[int, int], stride: int) 
     return (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
 
 
-def concat_points(targets: list[InstanceTargets]) -> tuple[Tensor, Tensor]:
-    """All images' points as (M_all, P_max, 2) coords and (M_all, P_max) labels (-1 padding)."""
-    for t in targets:
-        if len(t) > 0 and not t.has_points:
-            raise ValueError("supervision='points' needs point_coords/point_labels in every target")
-    P = max([t.point_coords.shape[1] for t in targets if t.has_points] + [1])
-    coords, labels = [], []
-    for t in targets:
-        if not t.has_points or len(t) == 0:
-            continue
-        pad = P - t.point_coords.shape[1]
-        coords.append(F.pad(t.point_coords, (0, 0, 0, pad)))
-        labels.append(F.pad(t.point_labels, (0, pad), value=IGNORE_LABEL))
-    device = targets[0].boxes.device
-    if not coords:
-        return torch.zeros(0, P, 2, device=device), torch.zeros(0, P, device=device)
-    return torch.cat(coords), torch.cat(labels)
-
-
 class CondInst(nn.Module):
     """CondInst / BoxInst obeying the detector contract of docs/DESIGN.md."""
 
@@ -218,8 +200,7 @@ class CondInst(nn.Module):
         pairwise_warmup_iters: int = 10000,
     ):
         super().__init__()
-        if supervision not in ("masks", "points"):
-            raise ValueError(f"supervision must be 'masks' or 'points', got {supervision!r}")
+        check_supervision(supervision)
         self.backbone = backbone
         self.fcos = fcos
         self.mask_branch = mask_branch
@@ -327,7 +308,7 @@ class CondInst(nn.Module):
             gt_masks = torch.cat([masks_at_stride(self._masks_of(t), padded_size, MASK_OUT_STRIDE) for t in targets])
             return {"loss_mask": dice_loss(mask_logits.sigmoid()[:, 0], gt_masks[gt_idx])}
         # Sec. 3.2: BCE only at the annotated points; the rest of the image is unsupervised.
-        point_coords, point_labels = concat_points(targets)
+        point_coords, point_labels = stack_points(targets)  # (M_all, P, 2), (M_all, P)
         return {"loss_mask": point_loss(mask_logits, point_coords[gt_idx], point_labels[gt_idx], MASK_OUT_STRIDE)}
 
     @staticmethod

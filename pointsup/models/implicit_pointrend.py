@@ -54,8 +54,8 @@ from ..losses.point_losses import params_l2_loss, point_bce_loss
 from ..ops.dynamic_mlp import dynamic_mlp, num_dynamic_params, split_dynamic_params
 from ..ops.point_features import point_sample_fine_grained_features, point_sampling_layout
 from ..structures import InstanceTargets
-from .point_head_common import SUPERVISIONS, ConvFCHead, pool_roi_features, render_masks_in_chunks
-from .point_head_common import gt_point_labels_from_masks, gt_point_targets  # training targets (sec. 3.2)
+from ..supervision import check_supervision, roi_mask_point_labels, roi_point_targets
+from .point_head_common import ConvFCHead, pool_roi_features, render_masks_in_chunks
 from .subdivision import square_side, subdivision_inference
 
 
@@ -197,8 +197,7 @@ class ImplicitPointRendMaskHead(nn.Module):
         init_params_as_mlp: bool = True,
     ):
         super().__init__()
-        if supervision not in SUPERVISIONS:
-            raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
+        check_supervision(supervision)
         if init_params_as_mlp:
             # Deviation from the reference, which starts every generated parameter near 0
             # (prediction weight std 0.001, bias 0): a product of 4 near-zero layers passes
@@ -241,9 +240,9 @@ class ImplicitPointRendMaskHead(nn.Module):
             R = params.shape[0]
             coords_box = torch.rand(R, self.train_num_points, 2, device=fine.device)  # (R, P, 2)
             with torch.no_grad():
-                gt_labels = gt_point_labels_from_masks(boxes, targets, matched_idxs, coords_box)  # (R, P)
+                gt_labels = roi_mask_point_labels(boxes, targets, matched_idxs, coords_box)  # (R, P)
         else:
-            coords_box, gt_labels = gt_point_targets(boxes, targets, matched_idxs)  # (R, P, 2), (R, P)
+            coords_box, gt_labels = roi_point_targets(boxes, targets, matched_idxs)  # (R, P, 2), (R, P)
 
         class_params = self.point_head.select_classes(params, torch.cat(classes))  # (R, D_1)
         point_logits = self.point_logits(fine, boxes, class_params, coords_box)  # (R, P)

@@ -16,12 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MaskHeadConfig
-from ..losses.mask_losses import crop_masks_to_boxes, mask_rcnn_dense_loss, point_mask_loss
+from ..losses.mask_losses import mask_rcnn_dense_loss, point_mask_loss
 from ..ops.roi_pooler import ROIPooler
 from ..structures import InstanceTargets
-
-SUPERVISIONS = ("masks", "points")
-
+from ..supervision import check_supervision, roi_mask_grid_targets, roi_point_targets
 
 class MaskRCNNHead(nn.Module):
     """ROIAlign 14x14 -> num_conv x (conv3x3 + ReLU) -> 2x deconv + ReLU -> 1x1 conv to K x 28 x 28."""
@@ -41,10 +39,8 @@ class MaskRCNNHead(nn.Module):
         pooler_level_mapper: str = "detectron2",
     ):
         super().__init__()
-        if supervision not in SUPERVISIONS:
-            raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
         self.in_features = [f for f in in_features if f in strides]
-        self.supervision = supervision
+        self.supervision = check_supervision(supervision)
         self.pooler = ROIPooler(
             pooler_resolution, [1.0 / strides[f] for f in self.in_features], sampling_ratio=pooler_sampling_ratio,
             aligned=pooler_aligned, level_mapper=pooler_level_mapper,
@@ -89,34 +85,11 @@ class MaskRCNNHead(nn.Module):
             raise ValueError("mask head in training mode needs targets and matched_idxs")
         if mask_logits.shape[0] == 0:
             return mask_logits.sum() * 0  # no foreground RoI in the batch: keep graph for DDP
-        # Images without foreground RoIs may also lack annotations: skip them.
-        used = [(t, b, i) for t, b, i in zip(targets, boxes, matched_idxs) if len(b)]
-        boxes_xyxy = torch.cat([b for _, b, _ in used])  # (R, 4)
         if self.supervision == "points":
-            coords_img, labels = matched_points([t for t, _, _ in used], [i for _, _, i in used])
-            return point_mask_loss(mask_logits, boxes_xyxy, coords_img, labels)
-        if not all(t.has_masks for t, _, _ in used):
-            raise ValueError("mask supervision needs targets with masks")
-        side = mask_logits.shape[-1]
-        gt_masks_box = torch.cat([crop_masks_to_boxes(t.masks, b, i, side) for t, b, i in used])  # (R, S, S)
+            coords_box, gt_labels = roi_point_targets(boxes, targets, matched_idxs)  # (R, P, 2), (R, P)
+            return point_mask_loss(mask_logits, coords_box, gt_labels)
+        gt_masks_box = roi_mask_grid_targets(boxes, targets, matched_idxs, mask_logits.shape[-1])  # (R, S, S)
         return mask_rcnn_dense_loss(mask_logits, gt_masks_box)
-
-
-def matched_points(targets: list[InstanceTargets], matched_idxs: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """The GT points of each RoI's matched instance, concatenated over images.
-
-    matched_idxs: per image (R_i,) -> coords_img (R, P, 2), labels (R, P). Images may have
-    different P; shorter ones are padded with ignored (-1) points.
-    """
-    if not all(t.has_points for t in targets):
-        raise ValueError("point supervision needs targets with point_coords / point_labels")
-    P = max(t.point_coords.shape[1] for t in targets)
-    coords_img, labels = [], []
-    for t, idx in zip(targets, matched_idxs):
-        pad = P - t.point_coords.shape[1]
-        coords_img.append(F.pad(t.point_coords[idx], (0, 0, 0, pad)))
-        labels.append(F.pad(t.point_labels[idx], (0, pad), value=-1.0))
-    return torch.cat(coords_img), torch.cat(labels)
 
 
 def build_mask_rcnn_head(cfg: MaskHeadConfig, num_classes: int, in_channels: int, strides: dict[str, int]) -> MaskRCNNHead:

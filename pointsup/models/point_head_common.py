@@ -8,9 +8,10 @@ P points per RoI, S x S a grid over each box.
   `ConvFCHead`              RoI features -> one vector per RoI: PointRend's coarse mask head,
                             and Implicit PointRend's parameter head (same architecture, sec. 4.3);
   `pool_roi_features`       their input: S x S p2 features per RoI, from one level;
-  `render_masks_in_chunks`  inference: each image's detections rendered a chunk at a time;
-  `gt_point_targets`        training targets in each RoI's box frame: the annotated points
-  `gt_point_labels_from_masks`  (supervision "points"), or GT masks read at points ("masks").
+  `render_masks_in_chunks`  inference: each image's detections rendered a chunk at a time.
+
+Their training targets (annotated points, or GT masks read at points) come from
+`pointsup.supervision`, as every head's do.
 
 Adaptive subdivision, the rendering both heads share, is `subdivision.py`.
 """
@@ -21,17 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.point_features import (
-    coords_box_to_img,
-    coords_img_to_box,
-    grid_coords,
-    inside_unit_square,
-    point_sample_fine_grained_features,
-    sample_mask_labels,
-)
-from ..structures import IGNORE_LABEL, InstanceTargets
-
-SUPERVISIONS = ("masks", "points")
+from ..ops.point_features import grid_coords, point_sample_fine_grained_features
 
 
 class ConvFCHead(nn.Module):
@@ -125,50 +116,3 @@ def render_masks_in_chunks(predict_masks, fine: Tensor, boxes: list[Tensor], cla
         ]
         masks_per_image.append(torch.cat(chunks))
     return masks_per_image
-
-
-def gt_point_targets(
-    boxes: list[Tensor], targets: list[InstanceTargets], matched_idxs: list[Tensor]
-) -> tuple[Tensor, Tensor]:
-    """Annotated points of each proposal's GT instance, in the proposal's box frame.
-
-    returns coords_box (R, P, 2) and gt_labels (R, P) with 1 / 0 / -1. Points outside the
-    proposal box are ignored (-1), as in Mask R-CNN's point loss (paper sec. 3.2). Images
-    with different numbers of points per instance are padded with ignored points.
-    """
-    coords_list, labels_list = [], []
-    for boxes_i, targets_i, idx_i in zip(boxes, targets, matched_idxs):
-        if not targets_i.has_points:
-            raise ValueError("supervision='points' needs point_coords / point_labels in the targets")
-        coords_box = coords_img_to_box(targets_i.point_coords[idx_i], boxes_i)  # (R_i, P_i, 2)
-        labels = targets_i.point_labels[idx_i].clone()  # (R_i, P_i)
-        labels[~inside_unit_square(coords_box)] = IGNORE_LABEL
-        coords_list.append(coords_box)
-        labels_list.append(labels)
-    P = max([c.shape[1] for c in coords_list], default=0)
-    for i, (c, l) in enumerate(zip(coords_list, labels_list)):
-        pad = P - c.shape[1]
-        if pad > 0:
-            coords_list[i] = F.pad(c, (0, 0, 0, pad), value=0.5)
-            labels_list[i] = F.pad(l, (0, pad), value=IGNORE_LABEL)
-    device = boxes[0].device if boxes else None
-    if not coords_list:
-        return torch.zeros(0, 0, 2, device=device), torch.zeros(0, 0, device=device)
-    return torch.cat(coords_list), torch.cat(labels_list)
-
-
-def gt_point_labels_from_masks(
-    boxes: list[Tensor], targets: list[InstanceTargets], matched_idxs: list[Tensor], coords_box: Tensor
-) -> Tensor:
-    """(R, P) soft labels: each proposal's GT mask bilinearly sampled at its points."""
-    labels = []
-    for boxes_i, targets_i, idx_i, coords_i in zip(
-        boxes, targets, matched_idxs, coords_box.split([len(b) for b in boxes])
-    ):
-        if not targets_i.has_masks:
-            raise ValueError("supervision='masks' needs masks in the targets")
-        coords_img = coords_box_to_img(coords_i, boxes_i)  # (R_i, P, 2)
-        labels.append(sample_mask_labels(targets_i.masks, idx_i, coords_img))
-    if not labels:
-        return coords_box.new_zeros(coords_box.shape[:2])
-    return torch.cat(labels)

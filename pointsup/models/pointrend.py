@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from ..config import MaskHeadConfig
 from ..losses.point_losses import point_bce_loss
@@ -37,8 +36,8 @@ from ..ops.point_features import (
     uncertainty,
 )
 from ..structures import InstanceTargets
-from .point_head_common import SUPERVISIONS, ConvFCHead, pool_roi_features, render_masks_in_chunks
-from .point_head_common import gt_point_labels_from_masks, gt_point_targets  # training targets (sec. 3.2)
+from ..supervision import check_supervision, roi_mask_grid_targets, roi_mask_point_labels, roi_point_targets
+from .point_head_common import ConvFCHead, pool_roi_features, render_masks_in_chunks
 from .subdivision import square_side, subdivision_inference
 
 
@@ -100,8 +99,7 @@ class PointRendMaskHead(nn.Module):
         inference_chunk_size: int = 8,
     ):
         super().__init__()
-        if supervision not in SUPERVISIONS:
-            raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
+        check_supervision(supervision)
         self.coarse_head = coarse_head
         self.point_head = point_head
         self.num_classes = num_classes
@@ -136,18 +134,18 @@ class PointRendMaskHead(nn.Module):
         coarse_logits = self.coarse_logits(fine, boxes)  # (R, K, 7, 7)
         coarse_gt_class = select_class(coarse_logits, gt_classes)  # (R, 1, 7, 7)
         if self.supervision == "masks":
-            gt_coarse = gt_mask_grid_targets(boxes, targets, matched_idxs, self.coarse_resolution)  # (R, 7, 7)
+            gt_coarse = roi_mask_grid_targets(boxes, targets, matched_idxs, self.coarse_resolution)  # (R, 7, 7)
             loss_mask = point_bce_loss(coarse_gt_class.flatten(1), gt_coarse.flatten(1).to(coarse_logits.dtype))
             with torch.no_grad():
                 coords_box = get_uncertain_point_coords_with_randomness(
                     coarse_gt_class.detach(), uncertainty, self.train_num_points,
                     self.oversample_ratio, self.importance_sample_ratio,
                 )  # (R, P, 2)
-                gt_labels = gt_point_labels_from_masks(boxes, targets, matched_idxs, coords_box)  # (R, P)
+                gt_labels = roi_mask_point_labels(boxes, targets, matched_idxs, coords_box)  # (R, P)
         else:
             # Sec. 3.2: the coarse prediction is supervised at the GT points too, by
             # bilinear interpolation of its 7 x 7 logits.
-            coords_box, gt_labels = gt_point_targets(boxes, targets, matched_idxs)  # (R, P, 2), (R, P)
+            coords_box, gt_labels = roi_point_targets(boxes, targets, matched_idxs)  # (R, P, 2), (R, P)
             loss_mask = point_bce_loss(point_sample(coarse_gt_class, coords_box)[:, 0], gt_labels)
 
         point_logits = self.point_logits(fine, boxes, coords_box, coarse_logits)  # (R, K, P)
@@ -218,25 +216,3 @@ def select_class(logits: Tensor, classes: Tensor) -> Tensor:
         return logits
     return logits[torch.arange(logits.shape[0], device=logits.device), classes].unsqueeze(1)
 
-
-def gt_mask_grid_targets(
-    boxes: list[Tensor], targets: list[InstanceTargets], matched_idxs: list[Tensor], resolution: int
-) -> Tensor:
-    """(R, S, S) binary targets: each proposal's GT mask cut out by RoIAlign(aligned=True),
-    thresholded at 0.5 (Mask R-CNN's target, here at the coarse 7 x 7 resolution)."""
-    out = []
-    for boxes_i, targets_i, idx_i in zip(boxes, targets, matched_idxs):
-        if not targets_i.has_masks:
-            raise ValueError("supervision='masks' needs masks in the targets")
-        if len(idx_i) == 0:
-            continue
-        # Only the matched GT masks become float, once each (not once per proposal).
-        used, which = idx_i.unique(return_inverse=True)
-        masks = targets_i.masks[used].unsqueeze(1).float()  # (M', 1, H, W)
-        rois = torch.cat([which[:, None].to(boxes_i.dtype), boxes_i], dim=1)  # (R_i, 5)
-        cut = roi_align(masks, rois, output_size=resolution, spatial_scale=1.0, sampling_ratio=0, aligned=True)
-        out.append(cut[:, 0] >= 0.5)
-    if not out:
-        device = boxes[0].device if boxes else None
-        return torch.zeros(0, resolution, resolution, dtype=torch.bool, device=device)
-    return torch.cat(out)

@@ -29,6 +29,16 @@ def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def resolve_device(name: str) -> torch.device:
+    """"" = cuda when available, else cpu; a bare "cuda" becomes this process's LOCAL_RANK GPU."""
+    if not name:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", get_local_rank())
+    return device
+
+
 def is_main_process() -> bool:
     return get_rank() == 0
 

@@ -2,15 +2,12 @@
 
 Shape letters: M instances, P points per instance, H x W the image.
 
-    python -m pointsup.utils.visualize --json points.json --images DIR --out OUTDIR --num 4
-
-renders the first N images of a COCO JSON with its ground truth to OUTDIR/<image_id>.png.
+The command `python -m pointsup.data.visualize --json points.json --images DIR --out OUTDIR`
+draws a data set's ground truth with it.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 from typing import Sequence
 
 import numpy as np
@@ -103,34 +100,3 @@ def save_visualization(path: str, image: np.ndarray, **kwargs) -> None:
     """`draw_instances(image, **kwargs)` saved atomically as a PNG at `path`."""
     rendered = draw_instances(image, **kwargs)
     atomic_save(path, lambda tmp_path: rendered.save(tmp_path, format="PNG"))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from pointsup.data.coco import CocoInstanceDataset
-
-    parser = argparse.ArgumentParser(prog="python -m pointsup.utils.visualize",
-                                     description="Render the first images of a COCO JSON with boxes, masks and points.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--json", required=True, default=argparse.SUPPRESS, help="COCO instances JSON (masks and/or points)")
-    parser.add_argument("--images", required=True, default=argparse.SUPPRESS, help="image folder")
-    parser.add_argument("--out", required=True, default=argparse.SUPPRESS, help="output folder for PNGs")
-    parser.add_argument("--num", type=int, default=4, help="number of images")
-    parser.add_argument("--scale", type=float, default=0, help="output scale (0 = enlarge small images to ~512 px)")
-    args = parser.parse_args(argv)
-
-    dataset = CocoInstanceDataset(args.json, args.images)
-    for i in range(min(args.num, len(dataset))):
-        sample = dataset[i]
-        image = sample.image.permute(1, 2, 0).round().byte().numpy()  # (H, W, 3)
-        scale = args.scale or max(1.0, 512 / max(image.shape[:2]))
-        t = sample.targets
-        path = os.path.join(args.out, f"{sample.image_id}.png")
-        save_visualization(
-            path, image, boxes=t.boxes, masks=t.masks, point_coords=t.point_coords,
-            point_labels=t.point_labels, classes=t.classes, class_names=dataset.class_names, scale=scale,
-        )
-        print(path)
-
-
-if __name__ == "__main__":
-    main()

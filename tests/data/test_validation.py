@@ -77,7 +77,7 @@ def test_missing_image_files_are_found_up_front(tmp_path):
         CocoInstanceDataset(json_path, str(tmp_path))
 
 
-def test_point_supervision_without_points_is_an_error(tmp_path):
+def test_supervision_without_its_labels_is_an_error(tmp_path):
     """Every point list empty: the mask loss would be 0 for the whole run. Through the trainer's
     own data set builder, so the setting that enables the check is the one training uses."""
     from pointsup.train import build_datasets
@@ -88,8 +88,14 @@ def test_point_supervision_without_points_is_an_error(tmp_path):
                              f"data.val_json={json_path}", f"data.val_images={tmp_path}"])
     with pytest.raises(ValueError, match="ann.json: point supervision, but none of the 2 annotations has a usable point"):
         build_datasets(cfg)
-    cfg.model.mask_head.supervision = "masks"  # the same file is fine without point supervision
-    build_datasets(cfg)
+    # The supervision and the file's labels are one pairing (pointsup.supervision.dataset_labels):
+    # masks need segmentations; boxes only (BoxInst) is fine with this file.
+    cfg.model.mask_head.supervision = "masks"
+    with pytest.raises(ValueError, match="ann.json: mask supervision, but none of the 2 annotations has a segmentation"):
+        build_datasets(cfg)
+    cfg.model.meta_architecture, cfg.model.condinst.boxinst = "condinst", True
+    train_set, _ = build_datasets(cfg)
+    assert len(train_set) == 1 and train_set[0].targets.masks is None and train_set[0].targets.point_coords is None
 
 
 def test_some_empty_point_lists_and_points_outside_their_box_are_counted(tmp_path):

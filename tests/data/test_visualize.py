@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pointsup.utils.visualize import draw_instances, main, save_visualization
+from pointsup.data.visualize import main
+from pointsup.utils.visualize import draw_instances, save_visualization
 
 
 def test_draw_instances_colours_points_and_masks(tmp_path):

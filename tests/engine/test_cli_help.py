@@ -14,7 +14,7 @@ COMMANDS = [
     ("pointsup.config", "main", set()),
     ("pointsup.self_training", "cli", {"--weights", "--output"}),
     ("pointsup.annotation_time", "main", set()),
-    ("pointsup.utils.visualize", "main", {"--json", "--images", "--out"}),
+    ("pointsup.data.visualize", "main", {"--json", "--images", "--out"}),
     ("pointsup.experiments", "main", set()),
 ]
 # Not yet here: pointsup.annotate (no defaults shown), pointsup.annotate.summary,

@@ -65,7 +65,7 @@ def test_readme_evaluate_predict_self_training_commands(tmp_path, monkeypatch):
     assert "```bash\npython -m pointsup.train\n```" in readme
     # the README names the default job's data folder: it must be the one the defaults create
     from pointsup.config import load_config
-    from pointsup.train import synthetic_folder_name
+    from pointsup.data.builtin import synthetic_folder_name
 
     data = load_config().data
     assert f"D={data.synthetic_dir}/{synthetic_folder_name(data)} " in readme

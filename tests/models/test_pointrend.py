@@ -9,15 +9,13 @@ import torch.nn.functional as F
 
 from pointsup.config import Config, MaskHeadConfig
 from pointsup.losses.point_losses import params_l2_loss, point_bce_loss
-from pointsup.models.pointrend import (
-    build_pointrend_head,
-    gt_mask_grid_targets,
-    gt_point_labels_from_masks,
-    gt_point_targets,
-)
+from pointsup.models.pointrend import build_pointrend_head
 from pointsup.models.subdivision import subdivision_inference
 from pointsup.ops.point_features import grid_coords, point_sample
 from pointsup.structures import InstanceTargets
+from pointsup.supervision import roi_mask_grid_targets as gt_mask_grid_targets
+from pointsup.supervision import roi_mask_point_labels as gt_point_labels_from_masks
+from pointsup.supervision import roi_point_targets as gt_point_targets
 
 K, C, STRIDE = 3, 16, 4
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
