@@ -115,34 +115,19 @@ def simulate_points(
     out["annotations"] = []
     # Per point, for the noise step: (output annotation index, point index, boundary distance).
     point_ann, point_idx, point_dist = [], [], []
-    no_mask_ids, empty_box_ids = [], []
+    skipped: dict[str, list] = {"have no segmentation": [], "have a zero-area box": []}
     annotations = coco["annotations"]
     if progress is None:
         progress = len(annotations) >= 1000
     for ann in tqdm(annotations, desc="simulating points", disable=not progress, unit="ann"):
-        ann_id = ann.get("id", "?")
         new_ann = {k: copy.deepcopy(v) for k, v in ann.items() if k not in ("segmentation", "point_coords", "point_labels")}
         if keep_masks and "segmentation" in ann:
             new_ann["segmentation"] = copy.deepcopy(ann["segmentation"])
         out["annotations"].append(new_ann)
 
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(f"{source}: annotation id {ann_id} has no valid bbox [x, y, w, h] (got {bbox!r})")
-        if ann.get("image_id") not in image_sizes:
-            raise ValueError(f"{source}: annotation id {ann_id} refers to unknown image_id {ann.get('image_id')!r}")
-        H, W = image_sizes[ann["image_id"]]
-        segmentation = ann.get("segmentation")
-        if segmentation is None or (isinstance(segmentation, list) and len(segmentation) == 0):
-            no_mask_ids.append(ann_id)
+        box_xyxy, mask = _box_and_mask(ann, image_sizes, source, skipped)
+        if mask is None:
             continue
-        x, y, w, h = (float(v) for v in bbox)
-        box_xyxy = (min(max(x, 0.0), W), min(max(y, 0.0), H), min(max(x + w, 0.0), W), min(max(y + h, 0.0), H))
-        if not (box_xyxy[2] > box_xyxy[0] and box_xyxy[3] > box_xyxy[1]):
-            empty_box_ids.append(ann_id)
-            continue
-
-        mask = decode_segmentation(segmentation, (H, W), source, ann_id)  # (H, W) bool
         coords_img = sample_points_in_box(rng, box_xyxy, num_points)  # (N, 2)
         labels = label_points_from_mask(coords_img, mask)  # (N,)
         new_ann.update(points_to_json(coords_img, labels))
@@ -152,18 +137,10 @@ def simulate_points(
             point_idx.extend(range(num_points))
             point_dist.extend(dist.tolist())
 
-    if no_mask_ids:
-        warnings.warn(
-            f"{source}: {len(no_mask_ids)} annotations have no segmentation and were kept without "
-            f"points, ids {no_mask_ids[:10]}" + (" ..." if len(no_mask_ids) > 10 else ""),
-            stacklevel=2,
-        )
-    if empty_box_ids:
-        warnings.warn(
-            f"{source}: {len(empty_box_ids)} annotations have a zero-area box and were kept without "
-            f"points, ids {empty_box_ids[:10]}" + (" ..." if len(empty_box_ids) > 10 else ""),
-            stacklevel=2,
-        )
+    for why, ids in skipped.items():
+        if ids:
+            warnings.warn(f"{source}: {len(ids)} annotations {why} and were kept without points, ids {ids[:10]}"
+                          + (" ..." if len(ids) > 10 else ""), stacklevel=2)
     if noise_fraction > 0:
         _flip_labels(out["annotations"], point_ann, point_idx, np.asarray(point_dist), noise_fraction, noise_mode, rng)
     return out
@@ -222,3 +199,27 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _box_and_mask(ann: dict[str, Any], image_sizes: dict[Any, tuple[int, int]], source: str,
+                  skipped: dict[str, list]) -> tuple[tuple[float, float, float, float] | None, np.ndarray | None]:
+    """An annotation's box clipped to its image (x0, y0, x1, y1) and its (H, W) bool mask; (None,
+    None), with the id recorded in `skipped`, when it has no mask or an empty box; ValueError
+    naming the annotation for a malformed bbox or an unknown image."""
+    ann_id = ann.get("id", "?")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise ValueError(f"{source}: annotation id {ann_id} has no valid bbox [x, y, w, h] (got {bbox!r})")
+    if ann.get("image_id") not in image_sizes:
+        raise ValueError(f"{source}: annotation id {ann_id} refers to unknown image_id {ann.get('image_id')!r}")
+    H, W = image_sizes[ann["image_id"]]
+    segmentation = ann.get("segmentation")
+    if segmentation is None or (isinstance(segmentation, list) and len(segmentation) == 0):
+        skipped["have no segmentation"].append(ann_id)
+        return None, None
+    x, y, w, h = (float(v) for v in bbox)
+    box_xyxy = (min(max(x, 0.0), W), min(max(y, 0.0), H), min(max(x + w, 0.0), W), min(max(y + h, 0.0), H))
+    if not (box_xyxy[2] > box_xyxy[0] and box_xyxy[3] > box_xyxy[1]):
+        skipped["have a zero-area box"].append(ann_id)
+        return None, None
+    return box_xyxy, decode_segmentation(segmentation, (H, W), source, ann_id)
