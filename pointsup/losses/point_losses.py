@@ -1,7 +1,7 @@
 """Point-level losses of PointRend and Implicit PointRend (paper sec. 3.2 and 4).
 
 Shape letters: R RoIs (foreground proposals of the whole batch), P points per RoI,
-D generated parameters per RoI.
+G generated parameters per RoI.
 
 Pure functions: no logging, and every one returns a graph-connected zero when R == 0 so
 that all parameters still receive (zero) gradients, as DDP requires.
@@ -39,7 +39,7 @@ def point_bce_loss(point_logits: Tensor, gt_labels: Tensor) -> Tensor:
 def params_l2_loss(params: Tensor, weight: float) -> Tensor:
     """Implicit PointRend's l2 on the generated point-head parameters (paper sec. 4).
 
-    params: (R, D). The generated weights get no weight decay from the optimizer, so this
+    params: (R, G). The generated weights get no weight decay from the optimizer, so this
     keeps them bounded. Returns weight * mean(params ** 2), or a graph-connected 0 if R == 0.
     """
     if params.numel() == 0:

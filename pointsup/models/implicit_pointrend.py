@@ -1,13 +1,13 @@
 """Implicit PointRend mask head (paper sec. 4 and appendix D; Fig. 7, right).
 
 Shape letters: N images, R RoIs (all images concatenated), K classes, C feature channels
-(p2), P points per RoI, E positional-encoding channels, D generated parameters per RoI.
+(p2), P points per RoI, E positional-encoding channels, G generated parameters per RoI.
 
 Instead of a coarse mask, a *parameter head* (the architecture of PointRend's coarse
 head) generates for every RoI the weights of its own small MLP, the point head. The point
 head maps one point to K mask logits:
 
-    RoI features (R, C, 14, 14) from p2 -> parameter head -> params (R, D)
+    RoI features (R, C, 14, 14) from p2 -> parameter head -> params (R, G)
     point (x, y) box-relative -> Fourier encoding (E = 256) -+
     p2 features at the point (C = 256) ----------------------+-> [E + C] -> MLP_r -> K logits
 
@@ -34,7 +34,7 @@ starts from a shared working point head instead of a product of near-zero layers
 
 Cost to keep in mind: the parameter head's last layer is Linear(1024, 283,472), about
 290M weights (1.16 GB in float32), as in the reference. The generated params take
-R x D x 4 bytes: 145 MB for 128 foreground proposals in training. At inference the
+R x G x 4 bytes: 145 MB for 128 foreground proposals in training. At inference the
 detections of an image are rendered `inference_chunk_size` (config `params_chunk_size`,
 default 100, COCO's detections per image) at a time: each chunk is one pass over those
 1.16 GB of weights (on one CPU core, 100 RoIs in one pass take 1.2 s, in chunks of 32
@@ -88,7 +88,7 @@ class ImplicitPointHead(nn.Module):
     """The per-instance MLP point head. It learns nothing itself: its weights come from
     the parameter head (layout in the module docstring); it owns only the fixed encoding.
 
-    A parameter vector comes in one of two layouts, told apart by its length D:
+    A parameter vector comes in one of two layouts, told apart by its length G:
       - K outputs (num_params_for(K) = self.num_params): what the parameter head generates;
       - 1 output  (num_params_for(1)): one class's MLP, from `select_classes`. Only the
         last layer differs (one row of W_{L-1} and one entry of b_{L-1}).
@@ -123,25 +123,25 @@ class ImplicitPointHead(nn.Module):
         return num_dynamic_params(self.layer_shapes_for(num_outputs))
 
     def standard_init_params(self) -> Tensor:
-        """(D,) one ordinary MLP in the parameter layout: weights drawn like detectron2's
+        """(G,) one ordinary MLP in the parameter layout: weights drawn like detectron2's
         c2_xavier_fill (uniform, variance 1 / fan_in), biases 0."""
         weights = [nn.init.kaiming_uniform_(torch.empty(o, i), a=1).flatten() for o, i in self.layer_shapes]
         biases = [torch.zeros(o) for o, _ in self.layer_shapes]
         return torch.cat(weights + biases)
 
     def split_params(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """params (R, D) in either layout -> weights [(R, out_l, in_l)], biases [(R, out_l)]."""
-        D = params.shape[1]
+        """params (R, G) in either layout -> weights [(R, out_l, in_l)], biases [(R, out_l)]."""
+        G = params.shape[1]
         layouts = {self.num_params: self.num_classes, self.num_params_for(1): 1}
-        if D not in layouts:
+        if G not in layouts:
             raise ValueError(
                 f"expected {self.num_params} (K = {self.num_classes} outputs) or "
-                f"{self.num_params_for(1)} (one class) parameters per RoI, got {D}"
+                f"{self.num_params_for(1)} (one class) parameters per RoI, got {G}"
             )
-        return split_dynamic_params(params, self.layer_shapes_for(layouts[D]))
+        return split_dynamic_params(params, self.layer_shapes_for(layouts[G]))
 
     def select_classes(self, params: Tensor, classes: Tensor) -> Tensor:
-        """(R, D) with K outputs -> (R, D_1) each RoI's MLP for its class only (classes (R,)).
+        """(R, G) with K outputs -> (R, G_1) each RoI's MLP for its class only (classes (R,)).
         Same layout with the last layer cut to the class's row: its weights (H,) and bias."""
         R = params.shape[0]
         K, H = self.num_classes, self.hidden_dim
@@ -158,7 +158,7 @@ class ImplicitPointHead(nn.Module):
     def forward(self, params: Tensor, fine_features: Tensor, coords_box: Tensor) -> Tensor:
         """Evaluate each RoI's MLP at its points.
 
-        params (R, D) (K outputs, or one class from `select_classes`), fine_features
+        params (R, G) (K outputs, or one class from `select_classes`), fine_features
         (R, C, P) p2 features, coords_box (R, P, 2). returns (R, K, P) or (R, 1, P) logits.
 
         The MLP runs channel-first (R, channels, P). Its input [encoding (E), features (C)]
@@ -234,7 +234,7 @@ class ImplicitPointRendMaskHead(nn.Module):
         if targets is None or matched_idxs is None:
             raise ValueError("training needs targets and matched_idxs")
 
-        params = self.generate_params(fine, boxes)  # (R, D)
+        params = self.generate_params(fine, boxes)  # (R, G)
         if self.supervision == "masks":
             # Sec. 4: uniform points suffice; no importance sampling needed.
             R = params.shape[0]
@@ -244,7 +244,7 @@ class ImplicitPointRendMaskHead(nn.Module):
         else:
             coords_box, gt_labels = roi_point_targets(boxes, targets, matched_idxs)  # (R, P, 2), (R, P)
 
-        class_params = self.point_head.select_classes(params, torch.cat(classes))  # (R, D_1)
+        class_params = self.point_head.select_classes(params, torch.cat(classes))  # (R, G_1)
         point_logits = self.point_logits(fine, boxes, class_params, coords_box)  # (R, P)
         return {
             "loss_mask_point": point_bce_loss(point_logits, gt_labels),
@@ -252,12 +252,12 @@ class ImplicitPointRendMaskHead(nn.Module):
         }
 
     def generate_params(self, fine: Tensor, boxes: list[Tensor]) -> Tensor:
-        """(R, D) point-head parameters from 14 x 14 p2 RoI features."""
+        """(R, G) point-head parameters from 14 x 14 p2 RoI features."""
         roi_features = pool_roi_features(fine, self.stride, boxes, self.pooler_resolution)  # (R, C, 14, 14)
         return self.parameter_head(roi_features)
 
     def point_logits(self, fine: Tensor, boxes: list[Tensor], class_params: Tensor, coords_box: Tensor) -> Tensor:
-        """Each RoI's one-class MLP (R, D_1) at its box-relative points (R, P, 2) -> (R, P) logits."""
+        """Each RoI's one-class MLP (R, G_1) at its box-relative points (R, P, 2) -> (R, P) logits."""
         fine_features = point_sample_fine_grained_features(fine, self.stride, boxes, coords_box)  # (R, C, P)
         return self.point_head(class_params, fine_features, coords_box)[:, 0]
 
@@ -268,7 +268,7 @@ class ImplicitPointRendMaskHead(nn.Module):
         are rendered `render_chunk_size` RoIs at a time, so that the MLP's activations
         (chunk x 256 x 784 floats) stay in cache (10-25% faster than all 100 at once on one CPU core).
         """
-        class_params = self.point_head.select_classes(self.generate_params(fine, [boxes]), classes)  # (R, D_1)
+        class_params = self.point_head.select_classes(self.generate_params(fine, [boxes]), classes)  # (R, G_1)
         masks = [
             self.render_masks(fine, boxes[s : s + self.render_chunk_size], class_params[s : s + self.render_chunk_size])
             for s in range(0, max(len(boxes), 1), self.render_chunk_size)
@@ -276,7 +276,7 @@ class ImplicitPointRendMaskHead(nn.Module):
         return torch.cat(masks).sigmoid()
 
     def render_masks(self, fine: Tensor, boxes: Tensor, class_params: Tensor) -> Tensor:
-        """Adaptive subdivision of RoIs with one-class MLPs (R, D_1) -> (R, 224, 224) logits."""
+        """Adaptive subdivision of RoIs with one-class MLPs (R, G_1) -> (R, 224, 224) logits."""
         return subdivision_inference(
             lambda coords_box: self.point_logits(fine, [boxes], class_params, coords_box),
             len(boxes), self.subdivision_init_resolution, self.subdivision_steps,

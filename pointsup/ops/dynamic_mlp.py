@@ -39,9 +39,9 @@ def num_dynamic_params(layer_shapes: LayerShapes) -> int:
 
 def split_dynamic_params(params: Tensor, layer_shapes: LayerShapes) -> tuple[list[Tensor], list[Tensor]]:
     """params (R, G) in the layout above -> weights [(R, out_l, in_l)] and biases [(R, out_l)]."""
-    R, D = params.shape
-    if D != num_dynamic_params(layer_shapes):
-        raise ValueError(f"expected {num_dynamic_params(layer_shapes)} parameters per instance, got {D}")
+    R, G = params.shape
+    if G != num_dynamic_params(layer_shapes):
+        raise ValueError(f"expected {num_dynamic_params(layer_shapes)} parameters per instance, got {G}")
     L = len(layer_shapes)
     chunks = params.split([o * i for o, i in layer_shapes] + [o for o, _ in layer_shapes], dim=1)
     weights = [w.reshape(R, o, i) for w, (o, i) in zip(chunks[:L], layer_shapes)]
