@@ -250,6 +250,9 @@ class Config:
     # 0 = all) so that AP-vs-iteration is cheap; the final evaluation always uses all.
     eval_num_images: int = 50
     log_period: int = 20
+    # Also write the logged losses, LR and AP as TensorBoard event files to
+    # output_dir/tensorboard (needs `pip install "pointsup[tensorboard]"`).
+    tensorboard: bool = False
     num_vis: int = 4  # prediction PNGs written at the end of training
 
 

@@ -47,7 +47,8 @@ from pointsup.interrupt import StopRequest, TrainingInterrupted
 from pointsup.utils import distributed as dist_utils
 from pointsup.utils.callable_module import make_callable
 from pointsup.utils.io import atomic_write_json
-from pointsup.utils.logging import append_jsonl, draw_ap_curve, draw_loss_curve, read_jsonl, truncate_jsonl
+from pointsup.utils.logging import (append_jsonl, draw_ap_curve, draw_loss_curve, open_tensorboard, read_jsonl,
+                                    tensorboard_scalars, truncate_jsonl)
 
 
 def scaled_base_lr(solver: SolverConfig) -> float:
@@ -205,6 +206,7 @@ class Run:
     train_set: Dataset
     val_set: Dataset | None
     guard: DivergenceGuard | None = None
+    tensorboard: object | None = None  # a SummaryWriter on rank 0 when cfg.tensorboard
     rank: int = field(default_factory=dist_utils.get_rank)
     world_size: int = field(default_factory=dist_utils.get_world_size)
 
@@ -215,6 +217,14 @@ class Run:
     @property
     def metrics_jsonl(self) -> str:
         return os.path.join(self.cfg.output_dir, "metrics.jsonl")
+
+    def log(self, record: dict) -> None:
+        """Append a record to metrics.jsonl (and TensorBoard, when on); rank 0 only."""
+        append_jsonl(self.metrics_jsonl, record)
+        if self.tensorboard is not None:
+            for tag, value in tensorboard_scalars(record).items():
+                self.tensorboard.add_scalar(tag, value, record["iter"])
+            self.tensorboard.flush()
 
 
 def main(cfg: Config, resume: bool = False, model: nn.Module | None = None,
@@ -304,6 +314,8 @@ def prepare_output_dir(run: Run, overwrite: bool, start_iter: int) -> None:
     os.makedirs(run.cfg.output_dir, exist_ok=True)
     save_config(run.cfg, os.path.join(run.cfg.output_dir, "config.yaml"))
     truncate_jsonl(run.metrics_jsonl, start_iter)
+    if run.cfg.tensorboard:  # a resumed run adds to the same folder; TensorBoard shows the newest value per step
+        run.tensorboard = open_tensorboard(os.path.join(run.cfg.output_dir, "tensorboard"))
 
 
 def train_loop(run: Run, start_iter: int, stop: StopRequest) -> None:
@@ -390,7 +402,7 @@ class LossLog:
         total = sum(losses.values())
         seconds = (time.perf_counter() - self.start) / self.count
         if run.is_main:
-            append_jsonl(run.metrics_jsonl, {"iter": iteration, "lr": lr, **losses, "total_loss": total, "time": seconds})
+            run.log({"iter": iteration, "lr": lr, **losses, "total_loss": total, "time": seconds})
         self.reset()
         return total
 
@@ -425,7 +437,7 @@ def evaluate_and_log(run: Run, iteration: int, final: bool = False) -> dict:
                             num_images=num_images)
     if run.is_main:
         subset = {} if final or num_images <= 0 else {"eval_num_images": min(num_images, len(run.val_set))}
-        append_jsonl(run.metrics_jsonl, {"iter": iteration, **metrics, **subset})
+        run.log({"iter": iteration, **metrics, **subset})
         tqdm.write(f"[pointsup] evaluation at iteration {iteration}:\n{format_metrics(metrics)}")
         records = read_jsonl(run.metrics_jsonl)  # curves drawn as the run goes
         draw_loss_curve(records, os.path.join(out, "loss_curve.png"))
@@ -447,6 +459,8 @@ def finish(run: Run) -> dict:
             from pointsup.predict import visualize_dataset
 
             visualize_dataset(run.model, run.val_set, os.path.join(out, "vis"), cfg.num_vis, run.device)
+        if run.tensorboard is not None:
+            run.tensorboard.close()
     dist_utils.barrier()
     return metrics if run.is_main else {}
 

@@ -101,3 +101,25 @@ def draw_ap_curve(records: list[dict[str, Any]], path: str) -> None:
     else:
         ax.text(0.5, 0.5, "no evaluation yet", ha="center", transform=ax.transAxes)
     save_figure(plt, fig, ax, path, "AP (%)")
+
+
+def open_tensorboard(log_dir: str):
+    """A TensorBoard SummaryWriter on log_dir; a clear error when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError('tensorboard=true needs the tensorboard package: pip install "pointsup[tensorboard]"') from None
+    return SummaryWriter(log_dir=log_dir)
+
+
+def tensorboard_scalars(record: dict, prefix: str = "") -> dict[str, float]:
+    """A metrics.jsonl record as TensorBoard tags: {"segm": {"AP": 30}} -> {"segm/AP": 30};
+    the iteration and non-numbers (None APs) are left out."""
+    scalars = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            scalars.update(tensorboard_scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iter":
+            scalars[prefix + key] = float(value)
+    return scalars
+

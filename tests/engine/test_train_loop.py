@@ -157,3 +157,33 @@ def test_periodic_evaluation_on_a_fixed_subset_draws_the_ap_curve(tiny_coco, tmp
     from PIL import Image
 
     assert Image.open(ap_curve).size[0] > 100  # a real PNG, drawn by matplotlib
+
+
+def test_tensorboard_event_files_hold_the_logged_losses_and_ap(tiny_coco, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    json_path, images = tiny_coco
+    cfg = tiny_config(str(tmp_path / "out"), max_iter=4)
+    cfg.tensorboard, cfg.log_period, cfg.eval_period = True, 2, 2
+    val = CocoInstanceDataset(json_path, images, transforms=None, use_masks=False, use_points=False)
+    main(cfg, model=new_model(), train_set=train_set(tiny_coco, cfg), val_set=val)
+    events = EventAccumulator(os.path.join(cfg.output_dir, "tensorboard"))
+    events.Reload()
+    logged = losses(cfg.output_dir)  # metrics.jsonl, the reference
+    total = [(e.step, e.value) for e in events.Scalars("total_loss")]
+    assert total == [(it, pytest.approx(logged[it]["total_loss"], rel=1e-6)) for it in (2, 4)]
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if "bbox" in r]
+    ap = [(e.step, e.value) for e in events.Scalars("bbox/AP")]
+    assert ap == [(r["iter"], pytest.approx(r["bbox"]["AP"], abs=1e-4)) for r in evals] and len(ap) == 2
+    assert {"lr", "bbox/AP50"} <= set(events.Tags()["scalars"])
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch):
+    import sys
+
+    from pointsup.utils.logging import open_tensorboard
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ImportError, match=r'pip install "pointsup\[tensorboard\]"'):
+        open_tensorboard("unused")
