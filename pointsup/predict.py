@@ -37,11 +37,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 RESULTS_NAME = "predictions.json"
 
 
-def draw_prediction(image: Tensor, prediction: dict[str, Tensor], class_names: list[str], score_thresh: float) -> np.ndarray:
-    """image (3, H, W) float 0..255 and its prediction (same frame) -> (H, W, 3) uint8 drawing."""
+def draw_prediction(image: Tensor, prediction: dict[str, Tensor], class_names: list[str], score_thresh: float,
+                    fallback_top: int = 0) -> np.ndarray:
+    """image (3, H, W) float 0..255 and its prediction (same frame) -> (H, W, 3) uint8 drawing
+    of the detections scoring >= score_thresh; when there is none, of the `fallback_top`
+    best ones (their scores are drawn, so a weak model still shows what it sees)."""
     from pointsup.utils.visualize import draw_instances
 
-    keep = prediction["pred_scores"] >= score_thresh  # (D,)
+    scores = prediction["pred_scores"]  # (D,)
+    keep = scores >= score_thresh  # (D,)
+    if not keep.any() and fallback_top > 0:
+        keep = scores.argsort(descending=True)[:fallback_top]
     image_hwc = image.detach().round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
     drawn = draw_instances(
         image_hwc,
@@ -56,8 +62,9 @@ def draw_prediction(image: Tensor, prediction: dict[str, Tensor], class_names: l
 
 
 def visualize_dataset(model: nn.Module, dataset: Dataset, out_dir: str, num_images: int, device: torch.device,
-                      score_thresh: float = 0.5) -> list[str]:
-    """Predictions on the first `num_images` items of `dataset` -> out_dir/<image_id>.png."""
+                      score_thresh: float = 0.5, fallback_top: int = 3) -> list[str]:
+    """Predictions on the first `num_images` items of `dataset` -> out_dir/<image_id>.png; an
+    image without a detection above score_thresh shows its `fallback_top` best ones."""
     from pointsup.inference import predict_dataset
 
     paths, best_score, drawn = [], 0.0, 0
@@ -66,14 +73,15 @@ def visualize_dataset(model: nn.Module, dataset: Dataset, out_dir: str, num_imag
         (H, W), image_id = batch.image_sizes[0], batch.image_ids[0]
         image = batch.images[0, :, :H, :W].cpu()  # (3, H, W) the resized image the model saw
         path = os.path.join(out_dir, f"{image_id}.png")
-        atomic_save_png(path, draw_prediction(image, prediction, dataset.class_names, score_thresh))
+        atomic_save_png(path, draw_prediction(image, prediction, dataset.class_names, score_thresh, fallback_top))
         paths.append(path)
         scores = prediction["pred_scores"]
         best_score = max(best_score, scores.max().item() if len(scores) else 0.0)
         drawn += int((scores >= score_thresh).sum())
     if paths and drawn == 0:  # a blank drawing should not look like a bug
         warnings.warn(f"{out_dir}: no detection reached score {score_thresh} in the {len(paths)} images drawn "
-                      f"(highest score {best_score:.3f}); the PNGs show the images only", stacklevel=3)
+                      f"(highest score {best_score:.3f}); the PNGs show each image's top {fallback_top} detections with "
+                      f"their scores instead", stacklevel=3)
     return paths
 
 

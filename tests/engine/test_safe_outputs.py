@@ -226,16 +226,24 @@ def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
 
 
 def test_blank_training_visualisations_say_why(tmp_path):
-    """No detection reaches the drawing threshold: the PNGs are plain images, and a warning
-    says so with the highest score instead of leaving the user to guess."""
+    """No detection reaches the drawing threshold: each PNG shows the image's top detections
+    with their scores, and a warning says so with the highest score instead of leaving the
+    user to guess."""
     from pointsup.predict import visualize_dataset
 
     json_path = make_tiny_coco(str(tmp_path / "coco"), num_images=2)
     dataset = CocoInstanceDataset(json_path, str(tmp_path / "coco" / "images"), use_masks=False, use_points=False)
     model = TinyDetector()  # untrained: its softmax scores of 2 classes stay near 0.5
-    with pytest.warns(UserWarning, match=r"no detection reached score 0.99 in the 2 images drawn \(highest score 0\.\d+\)"):
+    with pytest.warns(UserWarning, match=r"no detection reached score 0.99 in the 2 images drawn \(highest score 0\.\d+\)"
+                      r"; the PNGs show each image's top 3 detections"):
         paths = visualize_dataset(model, dataset, str(tmp_path / "vis"), 2, torch.device("cpu"), score_thresh=0.99)
     assert len(paths) == 2
+    with pytest.warns(UserWarning):
+        plain = visualize_dataset(model, dataset, str(tmp_path / "plain"), 2, torch.device("cpu"), score_thresh=0.99,
+                                  fallback_top=0)
+    from PIL import Image
+
+    assert all((np.asarray(Image.open(a)) != np.asarray(Image.open(b))).any() for a, b in zip(paths, plain))
 
 
 def test_resume_and_overwrite_together_are_refused(tmp_path):
