@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MaskHeadConfig
+from ..losses.mask_losses import mask_rcnn_dense_loss, point_mask_loss
 from ..losses.point_losses import point_bce_loss
 from ..ops.point_features import (
     get_uncertain_point_coords_with_randomness,
@@ -135,7 +136,7 @@ class PointRendMaskHead(nn.Module):
         coarse_gt_class = select_class(coarse_logits, gt_classes)  # (R, 1, 7, 7)
         if self.supervision == "masks":
             gt_coarse = roi_mask_grid_targets(boxes, targets, matched_idxs, self.coarse_resolution)  # (R, 7, 7)
-            loss_mask = point_bce_loss(coarse_gt_class.flatten(1), gt_coarse.flatten(1).to(coarse_logits.dtype))
+            loss_mask = mask_rcnn_dense_loss(coarse_gt_class[:, 0], gt_coarse)  # Mask R-CNN's loss at 7 x 7
             with torch.no_grad():
                 coords_box = get_uncertain_point_coords_with_randomness(
                     coarse_gt_class.detach(), uncertainty, self.train_num_points,
@@ -144,9 +145,9 @@ class PointRendMaskHead(nn.Module):
                 gt_labels = roi_mask_point_labels(boxes, targets, matched_idxs, coords_box)  # (R, P)
         else:
             # Sec. 3.2: the coarse prediction is supervised at the GT points too, by
-            # bilinear interpolation of its 7 x 7 logits.
+            # bilinear interpolation of its 7 x 7 logits: Mask R-CNN's point loss.
             coords_box, gt_labels = roi_point_targets(boxes, targets, matched_idxs)  # (R, P, 2), (R, P)
-            loss_mask = point_bce_loss(point_sample(coarse_gt_class, coords_box)[:, 0], gt_labels)
+            loss_mask = point_mask_loss(coarse_gt_class[:, 0], coords_box, gt_labels)
 
         point_logits = self.point_logits(fine, boxes, coords_box, coarse_logits)  # (R, K, P)
         point_logits = select_class(point_logits, gt_classes)[:, 0]  # (R, P)
