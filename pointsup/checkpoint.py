@@ -2,15 +2,19 @@
 
 A checkpoint is one `torch.save`d dict of tensors and plain Python values only:
 
-    model       state_dict of the bare model (not the DDP wrapper)
-    optimizer   SGD state (momentum buffers)
-    scaler      GradScaler state (fp16 AMP; an empty dict otherwise)
-    iteration   number of optimizer steps done; the LR is a pure function of it and the
-                data stream restarts from `iteration * ims_per_batch` samples
-    config      the resolved config as a dict
-    rng         per-rank RNG states (python, numpy, torch, cuda), a list indexed by rank;
-                numpy's key array is stored as a tensor so that the file needs no pickled
-                numpy objects
+    model         state_dict of the bare model (not the DDP wrapper)
+    iteration     number of optimizer steps done; the LR is a pure function of it and the
+                  data stream restarts from `iteration * ims_per_batch` samples
+    config        the resolved config as a dict
+    class_names   the training set's class names, category_ids its COCO category ids
+    optimizer     SGD state (momentum buffers)                        } periodic checkpoints;
+    scaler        GradScaler state (fp16 AMP; an empty dict otherwise) } model_final.pth only
+    rng           per-rank RNG states (python, numpy, torch, cuda),    } with
+                  a list indexed by rank; numpy's key array is stored  } checkpoint_final_optimizer
+                  as a tensor so that the file needs no pickled numpy objects
+
+A finished run's model_final.pth is thus about a third of a periodic checkpoint's size;
+resuming a run at any periodic checkpoint stays exact.
 
 Loading uses `torch.load(weights_only=True)`: a file that would build any other object (a
 crafted pickle calling `os.system`, say) is refused before anything in it runs. Numpy
@@ -163,11 +167,13 @@ def weights_problem(state_dict: dict[str, torch.Tensor], max_abs: float) -> str 
 
 
 def verify_checkpoint(path: str, max_weight_abs: float = 0.0) -> dict[str, Any]:
-    """Load `path` and check that it is a complete training checkpoint with sane weights.
+    """Load `path` and check that it is a complete training checkpoint with sane weights
+    (model_final.pth may lack the optimizer state: see `checkpoint_final_optimizer`).
 
     Raises CheckpointError naming the file otherwise."""
     state = load_checkpoint(path)
-    missing = [k for k in ("model", "optimizer", "iteration") if k not in state]
+    required = ("model", "iteration") if os.path.basename(path) == FINAL_NAME else ("model", "optimizer", "iteration")
+    missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a pointsup training checkpoint (missing {', '.join(missing)})")
     problem = weights_problem(state["model"], max_weight_abs)

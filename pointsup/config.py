@@ -239,7 +239,11 @@ class Config:
     seed: int = 0
     deterministic: bool = False
     checkpoint_period: int = 500
-    checkpoint_keep_last: int = 0  # keep the newest N periodic checkpoints (model_final always); 0 = all
+    checkpoint_keep_last: int = 3  # keep the newest N periodic checkpoints (model_final always); 0 = all
+    # model_final.pth holds the model, iteration, config and class names; the optimizer, AMP
+    # scaler and RNG states (2/3 of an R50 file) only when this is true, which an exact
+    # continuation past max_iter needs (--resume with a larger solver.max_iter).
+    checkpoint_final_optimizer: bool = False
     # Divergence stop (pointsup/divergence.py): no checkpoint is written with non-finite
     # weights or |weight| above divergence_max_weight (the run stops instead), nor within 20
     # iterations of a loss above divergence_loss_spike x the median of the last 20 (0 = off).

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -292,9 +293,14 @@ def restore(run: Run, resume: bool) -> tuple[int, str | None]:
             print(f"[pointsup] --resume: no checkpoint in {cfg.output_dir}, starting from scratch")
         return 0, None
     run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scaler.load_state_dict(state["scaler"])
-    start_iter, rng = state["iteration"], state["rng"]
+    start_iter, rng = state["iteration"], state.get("rng", [])
+    if "optimizer" in state:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["scaler"])
+    elif start_iter < cfg.solver.max_iter:  # a model_final.pth written without them
+        warnings.warn(f"{last} holds no optimizer state (checkpoint_final_optimizer was false): continuing "
+                      f"from iteration {start_iter} with fresh SGD momentum, so not exactly as an unbroken run "
+                      f"would", stacklevel=2)
     if len(rng) == run.world_size:
         ckpt.set_rng_state(rng[run.rank])
     else:  # resumed with another number of processes: fresh but reproducible seeds
@@ -414,11 +420,12 @@ def save_checkpoint(run: Run, iteration: int, final: bool = False, confirmed: bo
     if not run.guard.may_save(iteration, run.model, final) or not run.is_main:
         return None
     state = {
-        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-        "iteration": iteration, "config": config_to_dict(run.cfg), "rng": rng_per_rank,
+        "model": run.model.state_dict(), "iteration": iteration, "config": config_to_dict(run.cfg),
         "class_names": list(getattr(run.train_set, "class_names", [])),  # for the Predictor
         "category_ids": list(getattr(run.train_set, "contiguous_to_category_id", [])),  # its results JSON
     }
+    if not final or run.cfg.checkpoint_final_optimizer:  # what an exact resume needs besides the model
+        state.update(optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=rng_per_rank)
     # last_checkpoint moves to it once the next loss is finite (pointsup/divergence.py).
     path = ckpt.save_checkpoint(run.cfg.output_dir, ckpt.checkpoint_name(iteration, final), state, point_last=False)
     run.guard.saved(path, iteration, confirmed=final or confirmed)

@@ -68,6 +68,39 @@ def test_resume_continues_exactly(tiny_coco, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
+def test_final_checkpoint_is_model_only_unless_asked(tiny_coco, tmp_path):
+    """model_final.pth: no optimizer / scaler / RNG state by default (smaller), and continuing
+    past max_iter from it warns that the momentum starts afresh; with checkpoint_final_optimizer
+    the continuation equals an unbroken longer run."""
+    long_cfg = tiny_config(str(tmp_path / "long"), max_iter=5)
+    model_long = new_model(dropout=0.3)
+    main(long_cfg, model=model_long, train_set=train_set(tiny_coco, long_cfg, random_flip=True))
+
+    cfg = tiny_config(str(tmp_path / "short"), max_iter=3)
+    cfg.checkpoint_period = 2
+    main(cfg, model=new_model(dropout=0.3), train_set=train_set(tiny_coco, cfg, random_flip=True))
+    final = ckpt.load_checkpoint(os.path.join(cfg.output_dir, "model_final.pth"))
+    periodic = ckpt.load_checkpoint(os.path.join(cfg.output_dir, "model_0000002.pth"))
+    assert {"model", "iteration", "config"} <= set(final) and not {"optimizer", "scaler", "rng"} & set(final)
+    assert {"optimizer", "scaler", "rng"} <= set(periodic) and final["iteration"] == 3
+    cfg.solver.max_iter = 5
+    with pytest.warns(UserWarning, match=r"model_final.pth holds no optimizer state.*fresh SGD momentum"):
+        main(cfg, resume=True, model=new_model(dropout=0.3), train_set=train_set(tiny_coco, cfg, random_flip=True))
+
+    cfg = tiny_config(str(tmp_path / "kept"), max_iter=3)
+    cfg.checkpoint_final_optimizer = True
+    main(cfg, model=new_model(dropout=0.3), train_set=train_set(tiny_coco, cfg, random_flip=True))
+    assert {"optimizer", "scaler", "rng"} <= set(ckpt.load_checkpoint(os.path.join(cfg.output_dir, "model_final.pth")))
+    cfg.solver.max_iter = 5
+    model_continued = new_model(dropout=0.3)
+    main(cfg, resume=True, model=model_continued, train_set=train_set(tiny_coco, cfg, random_flip=True))
+    for it in (4, 5):
+        assert losses(cfg.output_dir)[it]["total_loss"] == pytest.approx(losses(long_cfg.output_dir)[it]["total_loss"],
+                                                                         rel=1e-6, abs=1e-7), it
+    for (name, a), b in zip(model_long.state_dict().items(), model_continued.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_gradient_accumulation_equals_big_batch(tiny_coco, tmp_path):
     results = {}
     for accumulate in (1, 2):
