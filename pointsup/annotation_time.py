@@ -102,16 +102,12 @@ def cheapest_interval(form: str, costs: dict[str, float], fractions: dict[str, f
 def plot_figure6(path: str, costs: Costs, fractions: dict[str, float], instances: int,
                  t_max: float = 300.0, coco_t: float | None = None) -> None:
     """Figure 6 as a PNG: total days against the find-and-name time t, one line per form."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
     from pointsup.utils.io import atomic_save
+    from pointsup.utils.logging import new_figure
 
     form_costs = costs.form_costs()
     ts = [t_max * k / 300 for k in range(301)]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     for form, c in form_costs.items():
         ax.plot(ts, [total_days(fractions[form], c, t, instances) for t in ts],
                 label=f"{form} ({fractions[form]:.0%} of the instances)")
@@ -129,7 +125,6 @@ def plot_figure6(path: str, costs: Costs, fractions: dict[str, float], instances
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_save(path, lambda tmp_path: fig.savefig(tmp_path, dpi=120))
-    plt.close(fig)
 
 
 def report(costs: Costs, instances: int, fractions: dict[str, float]) -> str:

@@ -487,7 +487,7 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
     rows = [r for r in rows if r["segm"]]
     if not rows:
         return False
-    plt, (fig, ax) = new_figure(figsize=(7, 4), dpi=110)
+    fig, ax = new_figure(figsize=(7, 4), dpi=110)
     xlabel, ylabel = "", "mask AP (mean ± std)"
     if study == "schedule":
         for group in dict.fromkeys(r["group"] for r in rows):
@@ -520,7 +520,7 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
         if any(r["group"] for r in rows):
             ax.legend()
     ax.set_title(study)
-    save_figure(plt, fig, ax, path, ylabel, xlabel)
+    save_figure(fig, ax, path, ylabel, xlabel)
     return True
 
 

@@ -43,32 +43,28 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
 
 
 def new_figure(figsize: tuple[float, float] = (8, 4.5), dpi: int = 100):
-    """(pyplot, (figure, axes)) on the file-only Agg backend (no display needed)."""
-    import matplotlib
+    """(figure, axes) for a PNG file. A bare `matplotlib.figure.Figure`, not pyplot: no display
+    needed, and the caller's pyplot backend is left alone (a notebook keeps its inline plots)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.subplots(figsize=figsize, dpi=dpi)
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots()
 
 
-def save_figure(plt, fig, ax, path: str, ylabel: str, xlabel: str = "iteration") -> None:
-    """Label and grid the axes, then write the PNG atomically and free the figure."""
+def save_figure(fig, ax, path: str, ylabel: str, xlabel: str = "iteration") -> None:
+    """Label and grid the axes, then write the PNG atomically (Agg renders it)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        atomic_save(path, lambda tmp_path: fig.savefig(tmp_path, format="png"))
-    finally:
-        plt.close(fig)
+    atomic_save(path, lambda tmp_path: fig.savefig(tmp_path, format="png"))
 
 
 def draw_loss_curve(records: list[dict[str, Any]], path: str) -> None:
     """Plot every `loss*` / `total_loss` key of `records` against `iter` (log y) into a PNG."""
     records = [r for r in records if "iter" in r and "total_loss" in r]
     names = ["total_loss"] + sorted({k for r in records for k in r if k.startswith("loss")})
-    plt, (fig, ax) = new_figure()
+    fig, ax = new_figure()
     plotted = False
     for name in names:
         xy = [(r["iter"], r[name]) for r in records if name in r and r[name] > 0 and math.isfinite(r[name])]
@@ -80,7 +76,7 @@ def draw_loss_curve(records: list[dict[str, Any]], path: str) -> None:
         ax.legend(fontsize=8, loc="upper right")
     else:
         ax.text(0.5, 0.5, "no finite losses logged", ha="center", transform=ax.transAxes)
-    save_figure(plt, fig, ax, path, "loss (log scale)")
+    save_figure(fig, ax, path, "loss (log scale)")
 
 
 def ap_records(records: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
@@ -91,7 +87,7 @@ def ap_records(records: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]
 def draw_ap_curve(records: list[dict[str, Any]], path: str) -> None:
     """Box and mask AP of each evaluation record against its iteration, into a PNG."""
     evals = ap_records(records)
-    plt, (fig, ax) = new_figure()
+    fig, ax = new_figure()
     for task, label in (("segm", "mask AP"), ("bbox", "box AP")):
         xy = [(it, r[task]["AP"]) for it, r in evals if isinstance(r.get(task), dict) and r[task].get("AP") is not None]
         if xy:
@@ -100,7 +96,7 @@ def draw_ap_curve(records: list[dict[str, Any]], path: str) -> None:
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no evaluation yet", ha="center", transform=ax.transAxes)
-    save_figure(plt, fig, ax, path, "AP (%)")
+    save_figure(fig, ax, path, "AP (%)")
 
 
 def open_tensorboard(log_dir: str):

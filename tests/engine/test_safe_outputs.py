@@ -260,3 +260,21 @@ def test_self_training_refuses_to_overwrite_its_input(run):
                            "--input", run["json"], "--images", run["images"]])
     with open(run["json"], "rb") as f:
         assert f.read() == before
+
+
+def test_training_curves_leave_the_users_pyplot_backend_alone(tmp_path):
+    """A notebook trains, then plots inline: drawing the run's PNGs must not switch pyplot to Agg."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+            "from pointsup.utils.logging import draw_ap_curve, draw_loss_curve\n"
+            "records = [{'iter': i, 'total_loss': 1.0 / i, 'loss_cls': 0.5 / i} for i in (1, 2, 3)]\n"
+            "records += [{'iter': 3, 'segm': {'AP': 10.0}, 'bbox': {'AP': 12.0}}]\n"
+            f"draw_loss_curve(records, {str(tmp_path / 'loss.png')!r})\n"
+            f"draw_ap_curve(records, {str(tmp_path / 'ap.png')!r})\n"
+            "print(matplotlib.get_backend())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "svg"
+    for name in ("loss.png", "ap.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
