@@ -54,11 +54,11 @@ def lock_output(output_path: str) -> IO[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pointsup.annotate",
+        prog="python -m pointsup.annotate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Label points sampled in COCO boxes as object / background in a browser (paper appendix A).")
-    parser.add_argument("--input", required=True, help="COCO JSON with images, boxes and categories (no masks needed)")
-    parser.add_argument("--images", required=True, help="folder the images' file_name entries are relative to")
-    parser.add_argument("--output", required=True, help="labels JSON (read by pointsup.train); resumed if it exists")
+    parser.add_argument("--input", required=True, default=argparse.SUPPRESS, help="COCO JSON with images, boxes and categories (no masks needed)")
+    parser.add_argument("--images", required=True, default=argparse.SUPPRESS, help="folder the images' file_name entries are relative to")
+    parser.add_argument("--output", required=True, default=argparse.SUPPRESS, help="labels JSON (read by pointsup.train); resumed if it exists")
     parser.add_argument("--num-points", type=int, default=10, help="points per object (P_N)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the point sampler")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")

@@ -101,12 +101,12 @@ def format_summary(path: str, s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pointsup.annotate.summary",
+    parser = argparse.ArgumentParser(prog="python -m pointsup.annotate.summary", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Labelling speed and time left of a pointsup.annotate job.")
     parser.add_argument("labels", help="the --output file of pointsup.annotate")
     parser.add_argument("--pause-seconds", type=float, default=DEFAULT_PAUSE_SECONDS,
                         help="a point that took longer is a break and is left out of the speed")
-    parser.add_argument("--instances", type=int, default=None, help="also project the time for this many objects")
+    parser.add_argument("--instances", type=int, default=None, help="also project the time for this many objects (None: no projection)")
     args = parser.parse_args(argv)
     print(format_summary(args.labels, summarize(load_job_block(args.labels), args.pause_seconds, args.instances)))
 

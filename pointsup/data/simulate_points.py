@@ -172,14 +172,16 @@ def _flip_labels(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Simulate P_N point annotations from COCO masks (paper sec. 3.1).")
-    parser.add_argument("--input", required=True, help="COCO instances JSON with masks")
-    parser.add_argument("--output", required=True, help="output JSON (written atomically)")
-    parser.add_argument("--num-points", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m pointsup.data.simulate_points", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="Simulate P_N point annotations from COCO masks (paper sec. 3.1).")
+    parser.add_argument("--input", required=True, default=argparse.SUPPRESS, help="COCO instances JSON with masks")
+    parser.add_argument("--output", required=True, default=argparse.SUPPRESS, help="output JSON (written atomically)")
+    parser.add_argument("--num-points", type=int, default=10, help="points per object (P_N), sampled uniformly in its box")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the point sampler")
     parser.add_argument("--keep-masks", action="store_true", help="keep segmentation in the output")
     parser.add_argument("--noise-fraction", type=float, default=0.0, help="fraction of labels to flip")
-    parser.add_argument("--noise-mode", choices=NOISE_MODES, default="random")
+    parser.add_argument("--noise-mode", choices=NOISE_MODES, default="random",
+                        help="random: flip labels chosen at random; boundary: flip those nearest the mask boundary (paper sec. 3.3.1)")
     args = parser.parse_args(argv)
 
     coco = load_coco_json(args.input)

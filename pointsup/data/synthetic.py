@@ -262,16 +262,17 @@ def generate_synthetic_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the built-in synthetic shapes data set (COCO format).")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--max-objects", type=int, default=6, help="most objects per image (default: %(default)s)")
+    parser = argparse.ArgumentParser(prog="python -m pointsup.data.synthetic", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="Generate the built-in synthetic shapes data set (COCO format).")
+    parser.add_argument("--out", required=True, default=argparse.SUPPRESS, help="output folder")
+    parser.add_argument("--num-train", type=int, default=2000, help="training images")
+    parser.add_argument("--num-val", type=int, default=200, help="validation images")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same data set)")
+    parser.add_argument("--image-size", type=int, default=128, help="side of the square images, pixels")
+    parser.add_argument("--max-objects", type=int, default=6, help="most objects per image")
     parser.add_argument("--num-classes", type=int, default=DEFAULT_NUM_CLASSES,
-                        help=f"number of shape classes, 1..{len(CLASS_NAMES)} (default: %(default)s)")
-    parser.add_argument("--background", choices=BACKGROUNDS, default="texture", help="background kind (default: %(default)s)")
+                        help=f"number of shape classes, 1..{len(CLASS_NAMES)}")
+    parser.add_argument("--background", choices=BACKGROUNDS, default="texture", help="background kind")
     args = parser.parse_args(argv)
     paths = generate_synthetic_dataset(args.out, args.num_train, args.num_val, args.image_size, args.seed,
                                        args.max_objects, args.num_classes, args.background)

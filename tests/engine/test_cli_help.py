@@ -16,9 +16,11 @@ COMMANDS = [
     ("pointsup.annotation_time", "main", set()),
     ("pointsup.data.visualize", "main", {"--json", "--images", "--out"}),
     ("pointsup.experiments", "main", set()),
+    ("pointsup.annotate.__main__", "main", {"--input", "--images", "--output"}),
+    ("pointsup.annotate.summary", "main", set()),
+    ("pointsup.data.synthetic", "main", {"--out"}),
+    ("pointsup.data.simulate_points", "main", {"--input", "--output"}),
 ]
-# Not yet here: pointsup.annotate (no defaults shown), pointsup.annotate.summary,
-# pointsup.data.synthetic and pointsup.data.simulate_points (prog and defaults).
 
 
 def help_entries(text: str) -> dict[str, str]:
@@ -39,7 +41,7 @@ def test_help_names_the_module_and_every_default(module_name, function, required
         entry(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert text.startswith(f"usage: python -m {module_name} ")
+    assert text.startswith(f"usage: python -m {module_name.removesuffix('.__main__')} ")
     entries = help_entries(text)
     assert required <= set(entries)
     for option, block in entries.items():
