@@ -29,6 +29,12 @@ def evaluate() -> None:
     cli()
 
 
+def export() -> None:
+    from pointsup.export import cli
+
+    cli()
+
+
 def self_training() -> None:
     from pointsup.self_training import cli
 
