@@ -42,6 +42,11 @@ that reset is unavailable, the growth of `ru_maxrss` over the warm-up's high-wat
     python scripts/bench_models.py --device cuda --iters 10
     python scripts/bench_models.py --models mask_rcnn pointrend implicit_pointrend condinst \
         --size 512 --batch 1 --threads 1                 # the issue 5/6 comparison on a small CPU
+    python scripts/bench_models.py --models mask_rcnn torchvision --size 512 --batch 1 --threads 1 \
+        --profile 25 --skip-memory                       # also: where the time goes, by op
+
+`--profile K`: after the timed runs, one more run of each model under torch.profiler; prints
+its K most expensive ops (self CPU time, summed over calls) and each op's share of the run.
 """
 
 from __future__ import annotations
@@ -203,7 +208,26 @@ def time_interleaved(mode: str, args) -> tuple[dict[str, list[float]], dict[str,
             start = time.perf_counter()
             detections[which] = once()
             times[which].append(time.perf_counter() - start)
+    if args.profile:
+        for which, once in runners.items():
+            print_profile(which, mode, once, args.profile)
     return times, detections
+
+
+def print_profile(which: str, mode: str, once, top: int) -> None:
+    """One run of `once` under torch.profiler: the `top` ops by self CPU time, with shares."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        once()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)  # microseconds
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    print(f"\nprofile {which} {mode}: {total / 1e6:.3f} s self CPU time in all ops", flush=True)
+    print(f"  {'op':44s} {'self ms':>9s} {'share':>7s} {'calls':>6s}")
+    for e in events[:top]:
+        print(f"  {e.key[:44]:44s} {e.self_cpu_time_total / 1e3:9.1f} {100 * e.self_cpu_time_total / total:6.1f}% {e.count:6d}")
+    sys.stdout.flush()
 
 
 def peak_memory_mib(which: str, mode: str, args) -> float:
@@ -268,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score-thresh", type=float, default=0.0,
                         help="test score threshold of every model (0: each gives its 100 best detections)")
     parser.add_argument("--skip-memory", action="store_true", help="only time (memory needs a fresh process per model)")
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="after timing, profile one more run of each model and print its K costliest ops")
     parser.add_argument("--torchvision-as-built", action="store_true", help="keep trainable BN and no frozen stages")
     args = parser.parse_args(argv)
     if args.size:

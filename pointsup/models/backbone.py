@@ -30,7 +30,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from pointsup.config import BackboneConfig
 from pointsup.models.fpn import FPN
-from pointsup.models.norm import convert_frozen_batchnorm, get_norm
+from pointsup.models.norm import conv_norm, convert_frozen_batchnorm, get_norm
 from pointsup.weights import load_weights
 
 
@@ -50,9 +50,9 @@ class BasicBlock(nn.Module):
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
         return self.relu(out + identity)
 
 
@@ -91,10 +91,11 @@ class Bottleneck(nn.Module):
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        # conv_norm(conv, bn, x) = bn(conv(x)), with a FrozenBN folded into the conv (norm.py).
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
         return self.relu(out + identity)
 
 
@@ -206,7 +207,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """x (N, 3, H, W) normalised RGB -> {"c2": (N, C2, H/4, W/4), ..., "c5": (N, C5, H/32, W/32)}."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64, H/4, W/4)
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))  # (N, 64, H/4, W/4)
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)

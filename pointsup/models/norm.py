@@ -9,11 +9,18 @@
                 behaves exactly like "BN".
     "GN"        GroupNorm with 32 groups (num_channels must be divisible by 32).
     ""          no normalisation (nn.Identity); the conv before it should then have a bias.
+
+`conv_norm(conv, norm, x)` computes norm(conv(x)). A FrozenBatchNorm2d is an affine map per
+channel, so it is folded into the conv instead (one pass over the activations fewer, in
+forward and backward): the parameters and the state dict stay as they are, only the
+arithmetic changes (equal up to float rounding).
 """
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 NORMS = ("FrozenBN", "BN", "SyncBN", "GN", "")
@@ -56,3 +63,54 @@ def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
         if new_child is not child:
             setattr(module, name, new_child)
     return module
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
+    """norm(conv(x)); a FrozenBatchNorm2d `norm` is folded into the conv's weight and bias.
+
+    FrozenBN computes y * scale + shift per channel (scale = weight / sqrt(running_var + eps),
+    shift = bias - running_mean * scale), so conv followed by it is one conv with weight
+    W * scale and bias b * scale + shift. Gradients still reach W (and b) through the fold.
+    """
+    if not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros":
+        return norm(conv(x))
+    weight, bias = folded_conv_weights(conv, norm)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def folded_conv_weights(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+    """The (weight (C_out, C_in/groups, k, k), bias (C_out,)) of conv followed by `norm`.
+
+    When no gradient is needed (no_grad / inference, or a frozen conv) the result is cached
+    on the conv and reused while none of the tensors it was computed from has changed:
+    in-place updates (optimizer steps, load_state_dict) bump a tensor's `_version`, and
+    `.to()` / `.half()` give new storage. Tracing and compiling never use the cache.
+    """
+    sources = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)
+    if needs_grad or not _cacheable(sources):
+        return _fold(conv, norm)
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None for t in sources)
+    cached = conv.__dict__.get("_folded_frozen_bn")
+    if cached is None or cached[0] != key:
+        # Plain tensors even inside torch.inference_mode, so a later autograd run can use them.
+        with torch.inference_mode(False), torch.no_grad():
+            cached = (key, *_fold(conv, norm))
+        conv.__dict__["_folded_frozen_bn"] = cached  # a plain attribute: not in the state dict
+    return cached[1], cached[2]
+
+
+def _fold(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+    # The same arithmetic as FrozenBatchNorm2d.forward (torchvision), applied to the weights.
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C_out,)
+    shift = norm.bias - norm.running_mean * scale
+    weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    return weight, bias.to(conv.weight.dtype)
+
+
+def _cacheable(tensors: tuple[Tensor | None, ...]) -> bool:
+    """Real tensors outside tracing / compiling (fake or functional tensors have no storage)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
+    return all(t is None or type(t) in (Tensor, nn.Parameter) for t in tensors)
