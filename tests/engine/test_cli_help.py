@@ -16,6 +16,7 @@ COMMANDS = [
     ("pointsup.annotation_time", "main", set()),
     ("pointsup.data.visualize", "main", {"--json", "--images", "--out"}),
     ("pointsup.experiments", "main", set()),
+    ("pointsup.export", "cli", {"--weights", "--output"}),
     ("pointsup.annotate.__main__", "main", {"--input", "--images", "--output"}),
     ("pointsup.annotate.summary", "main", set()),
     ("pointsup.data.synthetic", "main", {"--out"}),
