@@ -16,21 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Upper bound on the float sampling-grid elements (R x window pixels) built at once by
-# `paste_masks_in_image` (2 floats each: ~128 MiB per chunk).
+# No longer used: each mask is now pasted on its own window, not in padded chunks. Kept so
+# that code which sets it (tests/models/test_postprocess.py) keeps working.
 PASTE_CHUNK_ELEMENTS = 1 << 24
 
 
 def paste_masks_in_image(mask_probs: Tensor, boxes_xyxy: Tensor, image_size: tuple[int, int], threshold: float = 0.5) -> Tensor:
-    """Paste (S, S) box-relative masks into the full image, many masks per `grid_sample` call.
+    """Paste (S, S) box-relative masks into the full image.
 
     mask_probs (R, S, S) probabilities, boxes_xyxy (R, 4) img, image_size (H, W), threshold > 0.
     returns (R, H, W) bool: the interpolated probability at each pixel centre >= threshold.
 
     With zero padding a mask is exactly 0 further than half a cell outside its box, so each
-    mask is sampled only on a window of pixels around its box. Masks are sorted by window
-    size and sampled in chunks (one `grid_sample` per chunk, windows padded to the chunk's
-    largest), which keeps the cost close to the boxes' total area, not R * H * W.
+    mask is sampled only on the window of pixels around its box (clipped to the image) and
+    written into that window: the cost is the boxes' total area, not R * H * W.
     """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold}")
@@ -44,20 +43,20 @@ def paste_masks_in_image(mask_probs: Tensor, boxes_xyxy: Tensor, image_size: tup
     half_cell = wh / (2 * wh.new_tensor([S_w, S_h]))
     lo = (boxes_xyxy[:, :2] - half_cell).floor().clamp(min=0)  # (R, 2) first pixel (x, y) of the window
     hi = torch.minimum((boxes_xyxy[:, 2:] + half_cell).ceil(), wh.new_tensor([W, H]))
-    win = (hi - lo).clamp(min=1).long()  # (R, 2) window (width, height) in pixels
-    area = win.prod(dim=1)
-    order = torch.argsort(area)
-    for idx in _chunks_by_budget(order, area[order].tolist(), PASTE_CHUNK_ELEMENTS):
-        win_w, win_h = (int(v) for v in win[idx].max(dim=0).values)
-        xs = lo[idx, 0:1] + torch.arange(win_w, device=out.device) + 0.5  # (r, win_w) pixel centres, img
-        ys = lo[idx, 1:2] + torch.arange(win_h, device=out.device) + 0.5  # (r, win_h)
-        gx = (xs - boxes_xyxy[idx, 0:1]) / wh[idx, 0:1] * 2 - 1  # grid_sample's [-1, 1] box frame
-        gy = (ys - boxes_xyxy[idx, 1:2]) / wh[idx, 1:2] * 2 - 1
-        grid = torch.stack([gx[:, None, :].expand(-1, win_h, -1), gy[:, :, None].expand(-1, -1, win_w)], dim=-1)
-        probs = F.grid_sample(mask_probs[idx, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        inside_image = (ys < H)[:, :, None] & (xs < W)[:, None, :]  # (r, win_h, win_w)
-        r, i, j = torch.nonzero((probs[:, 0] >= threshold) & inside_image).unbind(1)
-        out[idx[r], lo[idx[r], 1].long() + i, lo[idx[r], 0].long() + j] = True
+    win = (hi - lo).clamp(min=0).long()  # (R, 2) window (width, height) in pixels, inside the image
+    mask_probs = mask_probs[:, None].float()  # (R, 1, S, S)
+    # One small grid_sample per mask: a Python loop over D <= 100 detections costs less than
+    # padding every window to the largest one (and the per-pixel values are the same).
+    for r, (x0, y0, win_w, win_h) in enumerate(torch.cat([lo.long(), win], dim=1).tolist()):
+        if win_w == 0 or win_h == 0:
+            continue
+        xs = lo[r, 0] + torch.arange(win_w, device=out.device) + 0.5  # (win_w,) pixel centres, img
+        ys = lo[r, 1] + torch.arange(win_h, device=out.device) + 0.5  # (win_h,)
+        gx = (xs - boxes_xyxy[r, 0]) / wh[r, 0] * 2 - 1  # grid_sample's [-1, 1] box frame
+        gy = (ys - boxes_xyxy[r, 1]) / wh[r, 1] * 2 - 1
+        grid = torch.stack([gx[None, :].expand(win_h, -1), gy[:, None].expand(-1, win_w)], dim=-1)  # (win_h, win_w, 2)
+        probs = F.grid_sample(mask_probs[r : r + 1], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[r, y0 : y0 + win_h, x0 : x0 + win_w] = probs[0, 0] >= threshold
     return out
 
 
@@ -84,16 +83,6 @@ def paste_masks_torchvision(mask_probs: Tensor, boxes_xyxy: Tensor, image_size: 
         if xb > xa and yb > ya:
             out[r, ya:yb, xa:xb] = probs[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
     return out
-
-
-def _chunks_by_budget(order: Tensor, sizes: list[int], budget: int) -> list[Tensor]:
-    """Split `order` (sorted by ascending size) into runs with len(run) * max size <= budget."""
-    chunks, start = [], 0
-    for end in range(1, len(sizes) + 1):
-        if end == len(sizes) or (end + 1 - start) * sizes[end] > budget:
-            chunks.append(order[start:end])
-            start = end
-    return chunks
 
 
 # The mask pasting conventions, by their config name (`model.mask_paste`).

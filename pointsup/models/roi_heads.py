@@ -34,7 +34,7 @@ class BoxHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)  # (R, C * S * S)
         for fc in self.fcs:
-            x = F.relu(fc(x))
+            x = F.relu(fc(x), inplace=True)
         return x  # (R, fc_dim)
 
 

@@ -37,7 +37,7 @@ class RPNHead(nn.Module):
         logits, deltas = [], []
         for x in features:
             N, _, H, W = x.shape
-            t = F.relu(self.conv(x))
+            t = F.relu(self.conv(x), inplace=True)  # in place: no second (N, C, H_l, W_l) map
             logits.append(self.objectness_logits(t).permute(0, 2, 3, 1).reshape(N, -1))
             d = self.anchor_deltas(t).view(N, -1, 4, H, W)  # (N, B, 4, H, W)
             deltas.append(d.permute(0, 3, 4, 1, 2).reshape(N, -1, 4))
