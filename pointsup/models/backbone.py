@@ -25,6 +25,7 @@ by `load_torchvision_resnet` (`pointsup.weights.load_weights` maps them onto a w
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -243,6 +244,11 @@ class ResNetFPN(nn.Module):
         self.strides = dict(fpn.strides)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        if images.device.type == "cpu":
+            # oneDNN's convolutions are faster on channels-last (N, H, W, C) memory on CPU
+            # (measured in docs/PERFORMANCE.md); the values and shapes are the same, and every
+            # later conv keeps the layout.
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.fpn(self.bottom_up(images))
 
 

@@ -83,13 +83,17 @@ class ROIPooler(nn.Module):
         batch_idx = torch.cat([torch.full((len(b),), i, dtype=boxes_xyxy.dtype, device=boxes_xyxy.device) for i, b in enumerate(boxes)])
         rois = torch.cat([batch_idx[:, None], boxes_xyxy], dim=1)  # (R, 5) torchvision's format
         R, C, S = rois.shape[0], features[0].shape[1], self.output_size
+        # On CPU the pooled features are handed on channels-last: the heads' convs run faster
+        # in that layout with oneDNN (docs/PERFORMANCE.md). Same values either way.
+        memory_format = torch.channels_last if rois.device.type == "cpu" else torch.contiguous_format
         if len(features) == 1:
-            return roi_align(features[0], rois, S, self.scales[0], self.sampling_ratio, aligned=self.aligned)
+            out = roi_align(features[0], rois, S, self.scales[0], self.sampling_ratio, aligned=self.aligned)
+            return out.contiguous(memory_format=memory_format)
 
         level_idx = assign_boxes_to_levels(
             boxes_xyxy, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level, self.level_mapper
         )
-        out = features[0].new_zeros(R, C, S, S)
+        out = features[0].new_zeros(R, C, S, S).contiguous(memory_format=memory_format)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.nonzero(level_idx == level).squeeze(1)
             if idx.numel() == 0:
