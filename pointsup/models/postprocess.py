@@ -16,10 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# No longer used: each mask is now pasted on its own window, not in padded chunks. Kept so
-# that code which sets it (tests/models/test_postprocess.py) keeps working.
-PASTE_CHUNK_ELEMENTS = 1 << 24
-
 
 def paste_masks_in_image(mask_probs: Tensor, boxes_xyxy: Tensor, image_size: tuple[int, int], threshold: float = 0.5) -> Tensor:
     """Paste (S, S) box-relative masks into the full image.

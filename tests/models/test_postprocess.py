@@ -32,16 +32,10 @@ def test_paste_matches_point_sampling_at_pixel_centres(threshold):
         coords_box = (centres_img - boxes_xyxy[r, :2]) / wh
         expected = point_sample(probs[r][None, None], coords_box)[0, 0].view(H, W) >= threshold
         assert torch.equal(paste_masks_in_image(probs[r : r + 1], boxes_xyxy[r : r + 1], (H, W), threshold)[0], expected)
-    # Chunked pasting gives the same as one mask at a time.
-    import pointsup.models.postprocess as postprocess
-
+    # All R at once gives the same as one mask at a time.
     all_at_once = paste_masks_in_image(probs, boxes_xyxy, (H, W), threshold)
-    old = postprocess.PASTE_CHUNK_ELEMENTS
-    postprocess.PASTE_CHUNK_ELEMENTS = 2 * H * W
-    try:
-        assert torch.equal(paste_masks_in_image(probs, boxes_xyxy, (H, W), threshold), all_at_once)
-    finally:
-        postprocess.PASTE_CHUNK_ELEMENTS = old
+    for r in range(R):
+        assert torch.equal(all_at_once[r], paste_masks_in_image(probs[r : r + 1], boxes_xyxy[r : r + 1], (H, W), threshold)[0])
 
 
 def test_zero_detections():
