@@ -143,7 +143,7 @@ def load_image_rgb(path: str, image_id: Any = None) -> np.ndarray:
             if im.mode in ("I", "F"):
                 raise ValueError(f"PIL mode {im.mode} (32-bit {'integer' if im.mode == 'I' else 'float'}) has no "
                                  f"known value range; convert the image to 8-bit RGB")
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # convert would copy an RGB image
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"corrupt or unreadable image file: {where}: {e}") from None
 

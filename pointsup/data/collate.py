@@ -26,9 +26,13 @@ def pad_images(images: Sequence[Tensor], size_divisibility: int = 32) -> Tensor:
     if size_divisibility > 1:
         H_max = int(math.ceil(H_max / size_divisibility) * size_divisibility)
         W_max = int(math.ceil(W_max / size_divisibility) * size_divisibility)
-    batch = images[0].new_zeros(len(images), images[0].shape[0], H_max, W_max)
+    # Only the padding is zeroed: filling the whole batch first would write every pixel twice.
+    batch = images[0].new_empty(len(images), images[0].shape[0], H_max, W_max)
     for i, im in enumerate(images):
-        batch[i, :, : im.shape[-2], : im.shape[-1]] = im
+        H_i, W_i = im.shape[-2:]
+        batch[i, :, :H_i, :W_i] = im
+        batch[i, :, :H_i, W_i:] = 0
+        batch[i, :, H_i:, :] = 0
     return batch
 
 

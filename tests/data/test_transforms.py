@@ -283,3 +283,19 @@ def test_resized_shape_rounds_half_sides_as_detectron2():
     assert resized_shape(320, 640, 800, 1333) == (667, 1333)
     assert resized_shape(480, 640, 800, 1333) == (800, 1067)
     assert resized_shape(512, 512, 800, 1333) == (800, 800)
+
+
+def test_resize_masks_matches_float_nearest_exact():
+    """Oracle: the byte gather picks the same pixels as F.interpolate(nearest-exact) on floats,
+    for up- and downscaling, odd sizes and a cropped (non-contiguous) mask."""
+    import torch.nn.functional as F
+
+    from pointsup.data.transforms import resize_masks
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, 41, 57, generator=g) > 0.5
+    for src in (masks, masks[:, 3:36, 5:50]):
+        for size in ((80, 111), (20, 29), (41, 57), (97, 13), (1, 1)):
+            expected = F.interpolate(src[None].float(), size=size, mode="nearest-exact")[0] > 0.5
+            assert torch.equal(resize_masks(src, size), expected)
+    assert resize_masks(torch.zeros(0, 5, 6, dtype=torch.bool), (10, 12)).shape == (0, 10, 12)
