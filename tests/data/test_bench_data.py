@@ -1,5 +1,5 @@
 """scripts/bench_data.py at a tiny scale, without detectron2: it generates its JPEGs, times
-pointsup for mask and point supervision and prints the lines docs/DATA_LOADER_BENCH.md quotes."""
+pointsup for mask and point supervision and prints the lines docs/PERFORMANCE.md (section "Data loader") quotes."""
 
 from __future__ import annotations
 
