@@ -202,6 +202,11 @@ class ModelConfig:
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     condinst: CondInstConfig = field(default_factory=CondInstConfig)
     weights: str = ""  # full-model checkpoint to start from
+    # Opt-in torch.compile of the model the training step calls (pointsup/train.py,
+    # `training_module`): inductor needs a C++ compiler on CPU (Triton on CUDA), the first
+    # iterations pay minutes of compiling, and a detector's data-dependent parts (sampling,
+    # NMS) stay eager between the compiled graphs. Evaluation and checkpoints use the plain module.
+    compile: bool = False
 
 
 @dataclass

@@ -328,9 +328,7 @@ def train_loop(run: Run, start_iter: int, stop: StopRequest) -> None:
     """Optimizer steps start_iter .. max_iter, with logging, checkpoints and evaluations on
     their periods; SIGINT / SIGTERM save the current iteration and raise TrainingInterrupted."""
     cfg, solver = run.cfg, run.cfg.solver
-    # find_unused_parameters=False: every model keeps all its parameters in the graph.
-    ddp_device_ids = [run.device.index] if run.device.type == "cuda" else None
-    ddp_model = DDP(run.model, device_ids=ddp_device_ids) if run.world_size > 1 else run.model
+    ddp_model = training_module(run)
     batch_size = micro_batch_size(solver, run.world_size)
     batches = iter(build_train_loader(cfg, run.train_set, batch_size, start_iter * solver.ims_per_batch, run.device))
     progress = tqdm(total=solver.max_iter, initial=start_iter, disable=not run.is_main, dynamic_ncols=True, desc="train")
@@ -356,6 +354,28 @@ def train_loop(run: Run, start_iter: int, stop: StopRequest) -> None:
     progress.close()
 
 
+def training_module(run: Run, compile_backend: str = "inductor") -> nn.Module:
+    """The module `train_step` calls: run.model, compiled when cfg.model.compile, wrapped in DDP
+    when there are several processes. It shares run.model's parameters, so checkpoints and
+    evaluation keep using run.model itself (eager, no DDP `module.` or compile `_orig_mod.` prefix).
+
+    The order is PyTorch's recommendation ("Where to apply torch.compile?"): compile the inner
+    module, then wrap it in DDP. Dynamo does not trace DDP's wrapper well; inside it, dynamo
+    splits the graphs at DDP's gradient buckets so that the all-reduces still overlap the
+    backward pass. `torch.compile(module)` rather than `module.compile()` (in place) keeps the
+    evaluation and prediction calls of run.model eager. `compile_backend`: torch.compile's
+    backend ("eager" only traces, for quick tests of this path).
+    """
+    module = run.model
+    if run.cfg.model.compile:
+        module = torch.compile(module, backend=compile_backend)
+    if run.world_size > 1:
+        # find_unused_parameters=False: every model keeps all its parameters in the graph.
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        module = DDP(module, device_ids=device_ids)
+    return module
+
+
 def train_step(run: Run, ddp_model: nn.Module, batches: Iterator, it: int) -> dict[str, torch.Tensor]:
     """One optimizer step over `accumulate_steps` micro-batches; returns the losses (detached,
     averaged over the micro-batches, on the device: no host sync beyond the NaN check)."""
@@ -372,8 +392,10 @@ def train_step(run: Run, ddp_model: nn.Module, batches: Iterator, it: int) -> di
                 loss_dict = ddp_model(batch.images, batch.image_sizes, batch.targets)
             loss = sum(loss_dict.values())
             run.scaler.scale(loss / solver.accumulate_steps).backward()
-        # One host sync per micro-step (cheap next to a detector step), so a NaN stops the run
-        # before the optimizer step; loss spikes are recorded (pointsup/divergence.py).
+        # The loop's one host sync per micro-step (cheap next to a detector step, whose RoI
+        # sampling and NMS sync anyway): a NaN stops the run before the optimizer step and any
+        # checkpoint; loss spikes are recorded (pointsup/divergence.py). Otherwise the losses stay
+        # on the device until LossLog.write at log steps (fp16 adds GradScaler.step's inf check).
         run.guard.check_loss(it + 1, loss_dict)
         for k, v in loss_dict.items():
             losses[k] = losses.get(k, 0) + v.detach().float() / solver.accumulate_steps

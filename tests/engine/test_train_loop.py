@@ -220,3 +220,29 @@ def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.raises(ImportError, match=r'pip install "pointsup\[tensorboard\]"'):
         open_tensorboard("unused")
+
+
+def test_compile_switch_trains_the_compiled_module_and_saves_the_plain_one(tiny_coco, tmp_path, monkeypatch):
+    """model.compile=true: the training step runs torch.compile's module (inductor, as on a GPU
+    box), with the same losses and weights as the eager run; the checkpoint keeps run.model's
+    own keys (no `_orig_mod.` prefix), so it loads into an uncompiled model."""
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        pytest.skip(f"torch.compile's inductor backend needs a C++ compiler on CPU; {compiler} is not on PATH")
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or real_compile(module, **kw))
+    results = {}
+    for switch in (False, True):
+        cfg = tiny_config(str(tmp_path / f"compile_{switch}"), max_iter=2)
+        cfg.model.compile = switch
+        model = new_model()
+        main(cfg, model=model, train_set=train_set(tiny_coco, cfg), val_set=None)
+        results[switch] = (model, losses(cfg.output_dir))
+    assert len(compiled) == 1 and compiled[0] is results[True][0]  # only the compile=true run
+    for it in (1, 2):
+        assert results[True][1][it]["total_loss"] == pytest.approx(results[False][1][it]["total_loss"], rel=1e-4)
+    state = ckpt.load_checkpoint(os.path.join(str(tmp_path / "compile_True"), "model_final.pth"))["model"]
+    assert set(state) == set(new_model().state_dict())
+    for name, value in results[False][0].state_dict().items():
+        torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
