@@ -18,12 +18,7 @@ SCRIPT = os.path.join(ROOT, "scripts", "bench_gpu.py")
 TINY = ["--device", "cpu", "--size", "64", "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1",
         "--compile-backend", "eager", "--ddp-steps", "1", "--budget-s", "0"]
 # Cells the script measures but the library fails today, with the reason (reported upstream).
-KNOWN_ERRORS = {
-    # implicit_pointrend.py ImplicitPointHead.forward: the in-place `x.baddbmm_` mixes autocast's
-    # bf16 `x` with fp32 weights ("Input dtypes must be the same"), so solver.amp=bf16 fails.
-    ("implicit_pointrend", "bf16", "train"),
-    ("implicit_pointrend", "bf16", "infer"),
-}
+KNOWN_ERRORS: set[tuple[str, str, str]] = set()  # (model, variant, mode) cells allowed to fail: none
 
 
 def _load_script():

@@ -169,7 +169,8 @@ class ImplicitPointHead(nn.Module):
         E = self.encoding_dim
         encoding = self.encoding(coords_box).to(fine_features.dtype).transpose(1, 2)  # (R, E, P)
         x = torch.baddbmm(biases[0].unsqueeze(2), weights[0][:, :, :E], encoding)  # (R, H, P)
-        x = x.baddbmm_(weights[0][:, :, E:], fine_features).relu_()
+        # out of place: autocast casts the inputs of an out-of-place baddbmm, never of baddbmm_
+        x = torch.baddbmm(x, weights[0][:, :, E:], fine_features).relu_()
         return dynamic_mlp(x, weights[1:], biases[1:])
 
 

@@ -128,6 +128,27 @@ def test_implicit_pointrend_train_and_eval(supervision):
 
 
 @pytest.mark.parametrize("supervision", ["masks", "points"])
+def test_implicit_pointrend_under_bf16_autocast(supervision):
+    """solver.amp=bf16: the point head trains and renders under autocast (an in-place matmul
+    on an autocast output once failed with "Input dtypes must be the same") and stays close
+    to its fp32 result."""
+    batch = make_batch()
+    features, boxes, classes, targets, matched = batch
+    head = build_implicit_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE})
+    head.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = head(features, boxes, classes, targets, matched)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    head.eval()
+    with torch.no_grad():
+        fp32 = head(features, boxes, classes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = head(features, boxes, classes)
+    assert (bf16[0].float() - fp32[0]).abs().max() < 0.1  # mask probabilities: bf16 rounding only
+
+
+@pytest.mark.parametrize("supervision", ["masks", "points"])
 def test_implicit_pointrend_no_rois_train_and_eval(supervision):
     check_point_head_without_rois(build_implicit_pointrend_head(small_cfg(supervision), K, C, {"p2": STRIDE}))
 
