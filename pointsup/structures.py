@@ -98,18 +98,13 @@ class InstanceTargets:
             point_labels=None if self.point_labels is None else self.point_labels[index],
         )
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "InstanceTargets":
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
+    def map_tensors(self, fn) -> "InstanceTargets":
+        """The same targets with `fn` applied to every tensor (absent fields stay None)."""
+        fields = ("boxes", "classes", "masks", "point_coords", "point_labels")
+        return replace(self, **{f: None if getattr(self, f) is None else fn(getattr(self, f)) for f in fields})
 
-        return replace(
-            self,
-            boxes=move(self.boxes),
-            classes=move(self.classes),
-            masks=move(self.masks),
-            point_coords=move(self.point_coords),
-            point_labels=move(self.point_labels),
-        )
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "InstanceTargets":
+        return self.map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
 
     @staticmethod
     def empty(image_size: tuple[int, int], with_masks: bool = False, num_points: int | None = None) -> "InstanceTargets":
@@ -155,5 +150,7 @@ class ImageBatch:
         )
 
     def pin_memory(self) -> "ImageBatch":
-        # Called by DataLoader(pin_memory=True) on custom batch types.
-        return replace(self, images=self.images.pin_memory())
+        """Page-locked copies of the images and of every target tensor, so that `to(cuda,
+        non_blocking=True)` overlaps with compute. Called by DataLoader(pin_memory=True)."""
+        targets = None if self.targets is None else [t.map_tensors(Tensor.pin_memory) for t in self.targets]
+        return replace(self, images=self.images.pin_memory(), targets=targets)

@@ -19,3 +19,28 @@ def test_collate_pads_to_32_and_keeps_targets():
     assert batch.images[1, :, 33:].abs().sum() == 0 and batch.images[1, :, :, 20:].abs().sum() == 0
     assert collate([b], size_divisibility=1).images.shape == (1, 3, 33, 20)
     assert collate([a], size_divisibility=64).images.shape == (1, 3, 64, 128)
+
+
+def test_pin_memory_pins_images_and_every_target_tensor(monkeypatch):
+    """DataLoader(pin_memory=True) calls ImageBatch.pin_memory: the targets must be page-locked
+    too, or their non_blocking copies to the GPU are synchronous. (No GPU here: the pinning
+    itself is replaced by a marker.)"""
+    pinned = []
+
+    def fake_pin(t):
+        out = t.clone()
+        pinned.append(out)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    t = InstanceTargets(torch.tensor([[1.0, 2.0, 5.0, 6.0]]), torch.tensor([2]), (33, 20),
+                        masks=torch.zeros(1, 33, 20, dtype=torch.bool),
+                        point_coords=torch.rand(1, 4, 2), point_labels=torch.ones(1, 4))
+    batch = collate([Sample(torch.rand(3, 33, 20), t, 1, (33, 20)),
+                     Sample(torch.rand(3, 40, 20), InstanceTargets.empty((40, 20)), 2, (40, 20))]).pin_memory()
+    moved = batch.targets[0]
+    tensors = [batch.images, moved.boxes, moved.classes, moved.masks, moved.point_coords, moved.point_labels,
+               batch.targets[1].boxes, batch.targets[1].classes]
+    assert all(any(x is p for p in pinned) for x in tensors)
+    assert batch.targets[1].masks is None and batch.targets[1].point_coords is None
+    assert torch.equal(moved.point_coords, t.point_coords) and moved.image_size == (33, 20)
