@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from pointsup.predictor import Predictor
 from pointsup.utils.io import atomic_save_png, atomic_write_json
@@ -119,7 +120,8 @@ def predict_files(predictor: Predictor, paths: list[str], out_dir: str) -> tuple
 
     check_no_input_overwritten(paths, out_dir)
     written, results, failed = [], [], []
-    for image_id, path in enumerate(paths, start=1):
+    progress = tqdm(paths, desc="predict", unit="image", disable=len(paths) < 2, dynamic_ncols=True)
+    for image_id, path in enumerate(progress, start=1):
         try:
             image = load_image_rgb(path)  # (H, W, 3) uint8; 16-bit images scaled, not clipped
         except (OSError, ValueError) as e:  # unreadable or not an image: report it, keep going

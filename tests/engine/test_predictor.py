@@ -154,6 +154,16 @@ def test_predict_cli_needs_no_config_and_writes_what_predictor_returns(run, val_
     assert np.array_equal(png, np.asarray(prediction.draw()))
 
 
+def test_predict_cli_shows_progress_over_a_folder(run, val_set, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        os.symlink(image_path(val_set, i), folder / f"{i}.png")
+    predict.cli(["--weights", run["weights"], "--input", str(folder), "--output", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert "predict: 100%" in err and "3/3" in err
+
+
 def test_evaluate_reproduces_the_runs_final_metrics(run, tmp_path):
     metrics = pointsup.evaluate(run["weights"], output_dir=str(tmp_path))  # the stored config: same val set
     assert metrics["segm"] == run["metrics"]["segm"] and metrics["bbox"] == run["metrics"]["bbox"]
