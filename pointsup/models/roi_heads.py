@@ -213,6 +213,7 @@ def build_roi_heads(
         box_pooler=ROIPooler(
             cfg.pooler_resolution, [1.0 / strides[f] for f in in_features], sampling_ratio=cfg.pooler_sampling_ratio,
             aligned=cfg.pooler_aligned, level_mapper=cfg.pooler_level_mapper,
+            channels_last=False,  # the fc box head flattens them
         ),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(box_head.out_dim, num_classes),

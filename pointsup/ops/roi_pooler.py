@@ -55,12 +55,14 @@ class ROIPooler(nn.Module):
         canonical_level: int = 4,
         aligned: bool = True,
         level_mapper: str = "detectron2",
+        channels_last: bool = True,
     ):
         super().__init__()
         if level_mapper not in LEVEL_MAPPERS:
             raise ValueError(f"level_mapper must be one of {LEVEL_MAPPERS}, got {level_mapper!r}")
         self.aligned = aligned
         self.level_mapper = level_mapper
+        self.channels_last = channels_last
         levels = [-math.log2(s) for s in scales]
         if any(abs(lv - round(lv)) > 1e-6 for lv in levels) or [round(lv) for lv in levels] != list(
             range(round(levels[0]), round(levels[0]) + len(levels))
@@ -83,9 +85,12 @@ class ROIPooler(nn.Module):
         batch_idx = torch.cat([torch.full((len(b),), i, dtype=boxes_xyxy.dtype, device=boxes_xyxy.device) for i, b in enumerate(boxes)])
         rois = torch.cat([batch_idx[:, None], boxes_xyxy], dim=1)  # (R, 5) torchvision's format
         R, C, S = rois.shape[0], features[0].shape[1], self.output_size
-        # On CPU the pooled features are handed on channels-last: the heads' convs run faster
-        # in that layout with oneDNN (docs/PERFORMANCE.md). Same values either way.
-        memory_format = torch.channels_last if rois.device.type == "cpu" else torch.contiguous_format
+        # On CPU the pooled features are handed on channels-last when a conv head reads them:
+        # its convs run faster in that layout with oneDNN (docs/PERFORMANCE.md). An fc head
+        # (channels_last=False) flattens them in (C, S, S) order, which that layout would
+        # turn into one more copy. Same values either way.
+        use_channels_last = self.channels_last and rois.device.type == "cpu"
+        memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
         if len(features) == 1:
             out = roi_align(features[0], rois, S, self.scales[0], self.sampling_ratio, aligned=self.aligned)
             return out.contiguous(memory_format=memory_format)

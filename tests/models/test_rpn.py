@@ -3,10 +3,12 @@
 import math
 
 import torch
+from torch import nn
 from torchvision.ops import roi_align
 
-from pointsup.config import RPNConfig
+from pointsup.config import ROIHeadsConfig, RPNConfig
 from pointsup.models.anchors import AnchorGenerator
+from pointsup.models.roi_heads import build_roi_heads
 from pointsup.models.rpn import build_rpn
 from pointsup.ops.boxes import Box2BoxTransform, Matcher, subsample_labels
 from pointsup.ops.roi_pooler import ROIPooler, assign_boxes_to_levels
@@ -84,6 +86,21 @@ def test_roi_pooler_matches_torchvision_per_level():
     torch.testing.assert_close(out, expected)
     big = assign_boxes_to_levels(torch.tensor([[0.0, 0.0, 224.0, 224.0], [0.0, 0.0, 1000.0, 1000.0]]), 2, 5, 224, 4)
     assert big.tolist() == [2, 3]  # P4 and (clamped) P5
+
+
+def test_roi_pooler_layout_follows_the_head_and_values_do_not():
+    """On CPU conv heads get channels-last RoI features, the fc box head plain ones (its
+    flatten would otherwise copy them back); the values are the same either way."""
+    torch.manual_seed(0)
+    features = [torch.randn(2, 4, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
+    boxes = [_random_boxes(5, 50.0), _random_boxes(3, 50.0)]
+    for_convs = ROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32])(features, boxes)
+    for_fcs = ROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], channels_last=False)(features, boxes)
+    assert for_convs.is_contiguous(memory_format=torch.channels_last) and not for_convs.is_contiguous()
+    assert for_fcs.is_contiguous()
+    assert torch.equal(for_convs, for_fcs)
+    box_pooler = build_roi_heads(ROIHeadsConfig(), 3, 4, {"p2": 4, "p3": 8, "p4": 16, "p5": 32}, nn.Identity()).box_pooler
+    assert not box_pooler.channels_last
 
 
 def test_anchor_order_and_shapes():
