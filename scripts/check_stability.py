@@ -16,10 +16,12 @@ iterations at the configs' LR and batch exercise the dangerous phase.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from pointsup import experiments
+from pointsup.utils.io import atomic_write_text
 
 VARIANTS = {  # name -> synthetic generator options (pointsup/data/synthetic.py)
     "default": {},
@@ -35,6 +37,21 @@ CONFIGS = [
 ]
 
 
+def stability_table(runs: list, statuses: dict[str, dict], num_seeds: int) -> str:
+    """Markdown: per variant and config, the seeds that trained to the end, their mask AP
+    (a run that finishes but learns nothing is not "stable") and the others' errors."""
+    lines = [f"| variant | config | seeds finished (of {num_seeds}) | mask AP | errors |", "|---|---|---|---|---|"]
+    for label in dict.fromkeys(run.label for run in runs):
+        mine = [run for run in runs if run.label == label]
+        metrics = {run.key(): experiments.run_finished(run) for run in mine}
+        done = [run for run in mine if metrics[run.key()] is not None]
+        ap = experiments.fmt(*experiments.mean_std([metrics[run.key()].get("segm", {}).get("AP", math.nan) for run in done]))
+        errors = "; ".join(f"seed {run.seed}: {statuses.get(run.key(), {}).get('error', 'not run')}" for run in mine if run not in done)
+        variant, config = label.split(" ", 1)
+        lines.append(f"| {variant} | {config} | {len(done)} | {ap} | {errors} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=300)
@@ -43,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="experiments/stability")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
+    parser.add_argument("--output", default="", help="also write the table (and the command) to this markdown file")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     args = parser.parse_args(argv)
 
     runs = []
@@ -58,16 +77,17 @@ def main(argv: list[str] | None = None) -> None:
             for config in args.configs:
                 train_json = data.train_json if config.endswith("_masks") else data.points(10)
                 runs.append(planner.run("stability", f"{variant} {config}", config, train_json, seed))
+    if args.dry_run:
+        for run in runs:
+            print(run.key(), run.config, " ".join(run.overrides))
+        return
     statuses = experiments.run_all(runs, args.jobs, threads=1)
-
-    lines = [f"| variant | config | seeds finished (of {args.seeds}) | errors |", "|---|---|---|---|"]
-    for label in dict.fromkeys(run.label for run in runs):
-        mine = [run for run in runs if run.label == label]
-        done = [run for run in mine if experiments.run_finished(run) is not None]
-        errors = "; ".join(f"seed {run.seed}: {statuses[run.key()].get('error', '')}" for run in mine if run not in done)
-        variant, config = label.split(" ", 1)
-        lines.append(f"| {variant} | {config} | {len(done)} | {errors} |")
-    print("\n".join(lines))
+    table = stability_table(runs, statuses, args.seeds)
+    print(table)
+    if args.output:
+        command = "python scripts/check_stability.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        atomic_write_text(args.output, f"# Stability of the shipped configs\n\n- command: `{command}`\n"
+                          f"- {args.iters} iterations per run, LR steps at 75% / 90%, seeds 0..{args.seeds - 1}\n\n{table}\n")
     failed = sum(experiments.run_finished(run) is None for run in runs)
     print(f"\n{len(runs) - failed} of {len(runs)} runs finished; {failed} did not", file=sys.stderr)
 

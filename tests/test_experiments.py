@@ -135,3 +135,26 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
     assert rows["Mask R-CNN masks"][1] == experiments.fmt(*experiments.mean_std(masks))
     assert "Implicit PointRend P10+aug − PointRend P10+aug" in text
     assert "annotation hours" in text
+
+
+def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "check_stability", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "check_stability.py"))
+    check_stability = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_stability)
+    runs = []
+    for seed in range(3):
+        run = experiments.Run("stability", "size160 implicit_pointrend_P10", "c.yaml", [], seed)
+        run.folder = str(tmp_path / f"seed{seed}")
+        os.makedirs(run.folder)
+        runs.append(run)
+    for run, ap in zip(runs[:2], (20.0, 30.0)):
+        with open(os.path.join(run.folder, "metrics.json"), "w") as f:
+            json.dump({"iteration": 300, "segm": {"AP": ap}, "bbox": {"AP": 1.0}}, f)
+    statuses = {runs[2].key(): {"error": "FloatingPointError: non-finite loss at iteration 107"}}
+    table = check_stability.stability_table(runs, statuses, 3)
+    row = table.splitlines()[-1]
+    assert row.startswith("| size160 | implicit_pointrend_P10 | 2 | 25.0 ± 7.1 |")
+    assert "seed 2: FloatingPointError: non-finite loss at iteration 107" in row
