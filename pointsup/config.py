@@ -172,6 +172,10 @@ class CondInstConfig:
     mask_out_channels: int = 8
     dynamic_channels: int = 8
     max_proposals: int = 500
+    # The controller reads unit-length tower-feature patches and starts from one shared mask
+    # head (pointsup's stable recipe; see models/condinst.py Controller). false = AdelaiDet's
+    # controller, as its checkpoints need (configs/coco/condinst_*, boxinst_*).
+    controller_feature_norm: bool = True
     # BoxInst (box-only baseline)
     boxinst: bool = False
     pairwise_size: int = 3

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from ..config import MaskHeadConfig
 from ..losses.point_losses import params_l2_loss, point_bce_loss
-from ..ops.dynamic_mlp import dynamic_mlp, num_dynamic_params, split_dynamic_params
+from ..ops.dynamic_mlp import dynamic_mlp, num_dynamic_params, split_dynamic_params, standard_init_params
 from ..ops.point_features import point_sample_fine_grained_features, point_sampling_layout
 from ..structures import InstanceTargets
 from ..supervision import check_supervision, roi_mask_point_labels, roi_point_targets
@@ -123,11 +123,8 @@ class ImplicitPointHead(nn.Module):
         return num_dynamic_params(self.layer_shapes_for(num_outputs))
 
     def standard_init_params(self) -> Tensor:
-        """(G,) one ordinary MLP in the parameter layout: weights drawn like detectron2's
-        c2_xavier_fill (uniform, variance 1 / fan_in), biases 0."""
-        weights = [nn.init.kaiming_uniform_(torch.empty(o, i), a=1).flatten() for o, i in self.layer_shapes]
-        biases = [torch.zeros(o) for o, _ in self.layer_shapes]
-        return torch.cat(weights + biases)
+        """(G,) one ordinary MLP in the parameter layout (`ops.dynamic_mlp.standard_init_params`)."""
+        return standard_init_params(self.layer_shapes)
 
     def split_params(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """params (R, G) in either layout -> weights [(R, out_l, in_l)], biases [(R, out_l)]."""

@@ -27,7 +27,7 @@ with W_l flattened row-major from (out_l, in_l), exactly `nn.Linear.weight`, and
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 LayerShapes = list[tuple[int, int]]  # (out_l, in_l) per layer
 
@@ -35,6 +35,15 @@ LayerShapes = list[tuple[int, int]]  # (out_l, in_l) per layer
 def num_dynamic_params(layer_shapes: LayerShapes) -> int:
     """G: weights and biases of all layers."""
     return sum(o * i + o for o, i in layer_shapes)
+
+
+def standard_init_params(layer_shapes: LayerShapes) -> Tensor:
+    """(G,) one ordinary MLP in the layout above: weights drawn like detectron2's
+    c2_xavier_fill (uniform, variance 1 / fan_in), biases 0. A generator's output bias set
+    to this makes every instance start from a working shared MLP (see its callers)."""
+    weights = [nn.init.kaiming_uniform_(torch.empty(o, i), a=1).flatten() for o, i in layer_shapes]
+    biases = [torch.zeros(o) for o, _ in layer_shapes]
+    return torch.cat(weights + biases)
 
 
 def split_dynamic_params(params: Tensor, layer_shapes: LayerShapes) -> tuple[list[Tensor], list[Tensor]]:

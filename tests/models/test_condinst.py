@@ -1,5 +1,6 @@
 """CondInst: dynamic mask head, mask/point/BoxInst losses, the detector contract, training."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +16,7 @@ from pointsup.losses.condinst_losses import (
 )
 from pointsup.models.condinst import (
     CondInst,
+    Controller,
     DynamicMaskHead,
     MaskBranch,
     box_masks_at_stride,
@@ -368,3 +370,43 @@ def test_short_boxinst_training_lowers_the_projection_loss():
         history.append(losses["loss_prj"].item())
     assert 0 < model.iteration.item() == 20
     assert sum(history[-3:]) / 3 < 0.5 * history[0], history
+
+
+@pytest.mark.parametrize("feature_norm", [False, True])
+def test_controller_step_is_bounded_by_feature_norm(feature_norm):
+    """One SGD step on the controller moves location q's generated parameters by
+    -lr * sum_s g_s (h_s . h_q + 1), h the 3 x 3 feature patches: with raw features that
+    grows as |h|^2 (why point-supervised CondInst did not learn); with feature_norm it does
+    not depend on the features' scale."""
+    shapes = DynamicMaskHead(8, 8, 3).layer_shapes
+
+    def param_step(input_scale: float) -> float:
+        torch.manual_seed(0)
+        controller = Controller(4, shapes, feature_norm=feature_norm)
+        tower = torch.rand(1, 4, 5, 5) * input_scale
+        before = controller(tower)
+        before.sum().backward()  # g_s = 1 for every output
+        with torch.no_grad():
+            for p in controller.parameters():
+                p -= 0.01 * p.grad
+            return (controller(tower) - before).abs().max().item()
+
+    small, large = param_step(1.0), param_step(100.0)
+    if feature_norm:
+        assert large == pytest.approx(small, rel=1e-3)
+        assert large <= 0.01 * 25 * 2 * 1.0001  # |h_s . h_q + 1| <= 2 for the 25 locations
+    else:
+        assert large > 1000 * small  # |h|^2 grew 10^4 times
+
+
+def test_controller_feature_norm_starts_from_one_shared_mask_head_and_is_the_default():
+    from pointsup.ops.dynamic_mlp import num_dynamic_params
+
+    shapes = DynamicMaskHead(8, 8, 3).layer_shapes
+    plain, normed = Controller(16, shapes), Controller(16, shapes, feature_norm=True)
+    assert plain.bias.abs().sum() == 0 and normed.bias.abs().sum() > 0
+    assert normed.weight.shape == plain.weight.shape == (num_dynamic_params(shapes), 16, 3, 3)  # AdelaiDet's keys
+    tower = torch.randn(2, 16, 6, 7)
+    torch.testing.assert_close(  # unit-length patches: scaling the features changes nothing
+        normed(tower * 50.0), normed(tower), rtol=1e-4, atol=1e-5)
+    assert Config().model.condinst.controller_feature_norm
