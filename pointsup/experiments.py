@@ -112,6 +112,7 @@ class Run:
     before: list[list[str]] = field(default_factory=list)  # commands run before training
     depends: list["Run"] = field(default_factory=list)
     folder: str = ""
+    reused_from: str = ""  # another study's finished run with the same config (see reuse_twins)
 
     def key(self) -> str:
         return os.path.join(self.study, self.label.replace(" ", "_").replace("%", "pct").replace("/", "-"), f"seed{self.seed}")
@@ -125,6 +126,53 @@ def run_finished(run: Run) -> dict | None:
     with open(path) as f:
         metrics = json.load(f)
     return metrics if "iteration" in metrics else None
+
+
+# Keys that say where and how often a run writes, not what it trains.
+BOOKKEEPING_KEYS = ("output_dir", "checkpoint_period", "checkpoint_keep_last", "log_period", "num_vis", "tensorboard")
+
+
+def _training_config(config_path: str, overrides: list[str]) -> dict:
+    """The resolved config of a run as a dict, without its bookkeeping keys."""
+    from pointsup.config import config_to_dict, load_config
+
+    values = config_to_dict(load_config(config_path, overrides))
+    for key in BOOKKEEPING_KEYS:
+        values.pop(key, None)
+    return values
+
+
+def reuse_twins(runs: list[Run], out: str) -> int:
+    """Point each unfinished run at a run that trains the same thing (equal resolved config,
+    seed included, and no commands of its own before training): a finished run under `out`,
+    or one planned earlier in `runs` (then it waits for that one). Returns how many.
+
+    Studies share runs: Mask R-CNN P10 of `supervision` is also `num_points` P10, `noise`'s
+    clean row and `self_training`'s teacher; it is trained once and read by each. The report
+    says which rows were read from another study's folder."""
+    import glob
+
+    twins: list[tuple[dict, str, Run | None]] = []  # (config, folder, planned run or None)
+    for path in sorted(glob.glob(os.path.join(out, "*", "*", "seed*", "config.yaml"))):
+        folder = os.path.dirname(path)
+        if run_finished(Run("", "", "", [], 0, folder=folder)) is not None:
+            twins.append((_training_config(path, []), folder, None))
+    reused = 0
+    for run in runs:
+        if run.before or run_finished(run) is not None:
+            continue
+        wanted = _training_config(run.config, [*run.overrides, f"seed={run.seed}"])
+        twin = next(((folder, planned) for config, folder, planned in twins
+                     if config == wanted and folder != run.folder), None)
+        if twin is None:
+            twins.append((wanted, run.folder, run))
+            continue
+        folder, planned = twin
+        run.reused_from, run.folder = os.path.relpath(folder, out), folder
+        if planned is not None:
+            run.depends.append(planned)
+        reused += 1
+    return reused
 
 
 def read_status(run: Run) -> dict:
@@ -310,14 +358,14 @@ class Planner:
 
     def num_points(self) -> list[Run]:
         return [self.run("num_points", f"P{n}", "mask_rcnn_P10", self.data.points(n), seed, x=n, group="Mask R-CNN")
-                for seed in self.seeds() for n in (1, 3, 5, 10, 20)]
+                for seed in self.seeds() for n in self.args.num_points]
 
     def noise(self) -> list[Run]:
         runs = []
         for seed in self.seeds():
             runs.append(self.run("noise", "P10 clean", "mask_rcnn_P10", self.data.points(10), seed, x=0, group="clean"))
             for mode in ("random", "boundary"):
-                for fraction in (0.05, 0.10):
+                for fraction in self.args.noise_fractions:
                     runs.append(self.run("noise", f"P10 {fraction:.0%} {mode}", "mask_rcnn_P10",
                                          self.data.points(10, 0, fraction, mode), seed, x=fraction * 100, group=mode))
         return runs
@@ -390,7 +438,7 @@ def summarize(runs: list[Run], statuses: dict[str, dict]) -> list[dict]:
     for run in runs:
         row = rows.setdefault(run.label, {"label": run.label, "x": run.x, "group": run.group, "segm": [], "bbox": [],
                                           "AP50": [], "AP75": [], "seeds": [], "failed": [], "wall_s": 0.0,
-                                          "curve": {}})
+                                          "curve": {}, "reused": []})
         status = statuses.get(run.key(), {})
         metrics = run_finished(run)
         if metrics is None:
@@ -404,6 +452,9 @@ def summarize(runs: list[Run], statuses: dict[str, dict]) -> list[dict]:
         row["seeds"].append(run.seed)
         for it, ap in eval_curve(run).items():  # mask AP of each logged evaluation, by iteration
             row["curve"].setdefault(it, []).append(ap)
+        if run.reused_from:  # trained (and timed) under another study
+            row["reused"].append(f"seed {run.seed} = {run.reused_from}")
+            continue
         wall = status.get("wall_s", math.nan)
         row["wall_s"] += 0.0 if wall is None or math.isnan(wall) else wall
     return list(rows.values())
@@ -568,6 +619,10 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
         lines += [f"## {study}", "", f"Summed run time {total_wall / 60:.0f} min. Ratio: mask AP of the row over "
                   "its reference row, per seed (seeds paired), mean ± std.", ""]
         lines += table(rows, reference)
+        reused = [f"{r['label']} ({', '.join(r['reused'])})" for r in rows if r["reused"]]
+        if reused:
+            lines += ["", "Read from an identical run of another study (same resolved config and seed; its time "
+                      "is counted there): " + "; ".join(reused) + "."]
         lines += [""] + claims(study, rows)
         if study == "budget":
             lines += ["", "x = annotation hours of each training subset at the paper's per-instance times: masks "
@@ -600,6 +655,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--models", nargs="+", default=list(MODELS.values()), choices=list(MODELS.values()),
                         help="models of the supervision study")
+    parser.add_argument("--num-points", type=int, nargs="+", default=[1, 3, 5, 10, 20],
+                        help="points per object of the num_points study (paper Fig. 3)")
+    parser.add_argument("--noise-fractions", type=float, nargs="+", default=[0.05, 0.10],
+                        help="fractions of point labels flipped in the noise study (sec. 3.3.1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--num-workers", type=int, default=1, help="data-loader workers per run")
     parser.add_argument("--out", default="experiments", help="folder of the runs (and of derived data files)")
@@ -639,6 +698,9 @@ def main(argv: list[str] | None = None) -> str:
     planner = Planner(data, args)
     plan = {study: getattr(planner, study)() for study in args.study}
     runs = [run for study_runs in plan.values() for run in study_runs]
+    reused = reuse_twins(runs, args.out)
+    if reused:
+        print(f"[experiments] {reused} runs read from another study's identical run", flush=True)
     print(f"[experiments] {len(runs)} runs in {', '.join(args.study)}; "
           f"{sum(run_finished(r) is not None for r in runs)} already finished", flush=True)
     if args.dry_run:
