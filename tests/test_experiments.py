@@ -158,3 +158,61 @@ def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
     row = table.splitlines()[-1]
     assert row.startswith("| size160 | implicit_pointrend_P10 | 2 | 25.0 ± 7.1 |")
     assert "seed 2: FloatingPointError: non-finite loss at iteration 107" in row
+
+
+def _plan(tmp_path, studies: list[str], extra: list[str] = ()):
+    data_paths = generate_synthetic_dataset(str(tmp_path / "data"), num_train=6, num_val=2, image_size=64, seed=0)
+    args = experiments.parse_args(["--study", *studies, "--seeds", "2", "--iters", "10", "--out", str(tmp_path / "runs"),
+                                   "--train-json", data_paths["train_json"], "--train-images", data_paths["image_dir"],
+                                   "--val-json", data_paths["val_json"], "--val-images", data_paths["image_dir"], *extra])
+    data = experiments.Data("tiny", data_paths["train_json"], data_paths["image_dir"], data_paths["val_json"],
+                            data_paths["image_dir"], args.out)
+    planner = experiments.Planner(data, args)
+    return args, data, {study: getattr(planner, study)() for study in studies}
+
+
+def _finish(run, ap: float) -> None:
+    """What a finished `pointsup.train` leaves: its resolved config and metrics."""
+    from pointsup.config import load_config, save_config
+
+    os.makedirs(run.folder, exist_ok=True)
+    save_config(load_config(run.config, [*run.overrides, f"seed={run.seed}", f"output_dir={run.folder}"]),
+                os.path.join(run.folder, "config.yaml"))
+    with open(os.path.join(run.folder, "metrics.json"), "w") as f:
+        json.dump({"iteration": 10, "bbox": {"AP": ap}, "segm": {"AP": ap, "AP50": ap, "AP75": ap}}, f)
+
+
+def test_identical_runs_of_different_studies_are_trained_once(tmp_path):
+    args, data, plan = _plan(tmp_path, ["supervision"], ["--models", "mask_rcnn"])
+    for run in plan["supervision"]:
+        _finish(run, 30.0 + run.seed if run.label == "Mask R-CNN P10" else 50.0)
+    supervision_p10 = {r.seed: r.folder for r in plan["supervision"] if r.label == "Mask R-CNN P10"}
+
+    # A later invocation: num_points P10 and noise's clean row are the finished supervision runs
+    # (same config, data and seed); every other point count / noise level is its own run.
+    args, data, plan = _plan(tmp_path, ["num_points", "noise"], ["--num-points", "5", "10", "--noise-fractions", "0.05"])
+    runs = [r for study_runs in plan.values() for r in study_runs]
+    assert experiments.reuse_twins(runs, args.out) == 4
+    for run in runs:
+        if run.label in ("P10", "P10 clean"):
+            assert run.folder == supervision_p10[run.seed] and run.reused_from.startswith("supervision")
+            assert experiments.run_finished(run)["segm"]["AP"] == 30.0 + run.seed
+        else:
+            assert not run.reused_from and experiments.run_finished(run) is None
+    # A different seed, data file or override is never a twin.
+    assert {r.folder for r in runs if r.label == "P5"}.isdisjoint(supervision_p10.values())
+
+    # The report reads them, says where from, and does not count their run time.
+    report = experiments.write_report(str(tmp_path / "report.md"), plan, {}, data, args, "cmd", 1.0)
+    assert "Read from an identical run of another study" in report and "seed 0 = supervision" in report
+
+
+def test_identical_runs_planned_together_train_once(tmp_path):
+    args, data, plan = _plan(tmp_path, ["num_points", "noise"], ["--num-points", "10", "--noise-fractions", "0.05"])
+    runs = [r for study_runs in plan.values() for r in study_runs]
+    assert experiments.reuse_twins(runs, args.out) == 2  # noise's clean row waits for num_points P10
+    for run in runs:
+        if run.label == "P10 clean":
+            twin, = run.depends
+            assert twin.study == "num_points" and twin.seed == run.seed and run.folder == twin.folder
+    assert len({r.folder for r in runs}) == len(runs) - 2
