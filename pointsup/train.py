@@ -367,6 +367,13 @@ def training_module(run: Run, compile_backend: str = "inductor") -> nn.Module:
     backend ("eager" only traces, for quick tests of this path).
     """
     module = run.model
+    if run.device.type == "cpu":
+        # The backbone and the RoI heads run channels-last on CPU (models/backbone.py,
+        # ops/roi_pooler.py), so oneDNN returns conv-weight gradients channels-last. Weights
+        # in the same layout spare autograd a re-layout copy of every such gradient per step
+        # (its gradient layout contract) and DDP its "grad strides do not match bucket view
+        # strides" copies. Values are unchanged; only 4-D tensors change layout.
+        run.model.to(memory_format=torch.channels_last)
     if run.cfg.model.compile:
         module = torch.compile(module, backend=compile_backend)
     if run.world_size > 1:

@@ -246,3 +246,38 @@ def test_compile_switch_trains_the_compiled_module_and_saves_the_plain_one(tiny_
     assert set(state) == set(new_model().state_dict())
     for name, value in results[False][0].state_dict().items():
         torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_cpu_training_keeps_conv_weights_in_the_layout_of_their_gradients():
+    """On CPU the activations are channels-last, so oneDNN returns conv-weight gradients
+    channels-last; training_module puts the weights in that layout so that neither autograd
+    (gradient layout contract) nor DDP's buckets re-lay every gradient out per step."""
+    from pointsup.config import load_config
+    from pointsup.models import build_model
+    from pointsup.structures import InstanceTargets
+    from pointsup.train import Run, training_module
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = load_config(os.path.join(root, "configs", "synthetic", "mask_rcnn_P10.yaml"))
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=3)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run = Run(cfg=cfg, device=torch.device("cpu"), model=model, optimizer=None, scaler=None, train_set=None,
+              val_set=None, rank=0, world_size=1)
+    module = training_module(run)
+    convs = {n: p for n, p in model.named_parameters() if p.dim() == 4 and p.requires_grad}
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs.values())
+    assert all(torch.equal(p, reference[n]) for n, p in model.named_parameters())  # same values
+
+    incoming = {}  # the gradient as the backward pass produces it, before autograd stores it
+    for name, p in convs.items():
+        p.register_hook(lambda grad, name=name: incoming.__setitem__(name, grad))
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[8.0, 8.0, 40.0, 48.0], [30.0, 20.0, 60.0, 60.0]])
+    coords = boxes[:, None, :2] + torch.rand(2, 10, 2, generator=g) * 20
+    targets = [InstanceTargets(boxes, torch.tensor([0, 2]), (64, 64), None, coords, (torch.rand(2, 10, generator=g) > 0.5).float())]
+    module.train()
+    sum(module(torch.rand(1, 3, 64, 64, generator=g) * 255, [(64, 64)], targets).values()).backward()
+    backbone = [n for n in incoming if n.startswith("backbone.")]
+    assert backbone and all(incoming[n].stride() == convs[n].stride() for n in backbone), \
+        [n for n in backbone if incoming[n].stride() != convs[n].stride()]
