@@ -6,8 +6,9 @@ Every run is one `python -m pointsup.train` in its own folder under `--out`
 (`<out>/<study>/<run>/seed<k>/`); the harness only prepares the data files, launches
 runs (`--jobs` at a time, one thread each), and reads their `metrics.json`. A run whose
 `metrics.json` says it finished is read, not retrained, so an interrupted harness resumes
-where it stopped and a report can be regenerated at no cost. A run that fails (e.g. a
-non-finite loss) is reported as failed with the last line of its log.
+where it stopped and a report can be regenerated at no cost. Runs of different studies
+that train the same thing (same resolved config and seed) are trained once (`reuse_twins`).
+A run that fails (e.g. a non-finite loss) is reported as failed with the last line of its log.
 
 Data: the built-in synthetic data set by default (optionally a variant, `--synthetic-*`),
 or any COCO JSON with masks (`--train-json --train-images --val-json --val-images`). The
