@@ -158,7 +158,7 @@ def reuse_twins(runs: list[Run], out: str) -> int:
         folder = os.path.dirname(path)
         if run_finished(Run("", "", "", [], 0, folder=folder)) is not None:
             twins.append((_training_config(path, []), folder, None))
-    reused = 0
+    reused, moved = 0, {}
     for run in runs:
         if run.before or run_finished(run) is not None:
             continue
@@ -169,11 +169,23 @@ def reuse_twins(runs: list[Run], out: str) -> int:
             twins.append((wanted, run.folder, run))
             continue
         folder, planned = twin
+        moved[run.folder] = folder
         run.reused_from, run.folder = os.path.relpath(folder, out), folder
         if planned is not None:
             run.depends.append(planned)
         reused += 1
+    # Commands that read a moved run's files (self-training's pseudo-labelling reads its
+    # teacher's config and weights) follow it to its twin's folder.
+    for run in runs:
+        run.before = [[_moved_path(arg, moved) for arg in command] for command in run.before]
     return reused
+
+
+def _moved_path(arg: str, moved: dict[str, str]) -> str:
+    for old, new in moved.items():
+        if arg == old or arg.startswith(old + os.sep):
+            return new + arg[len(old):]
+    return arg
 
 
 def read_status(run: Run) -> dict:

@@ -216,3 +216,20 @@ def test_identical_runs_planned_together_train_once(tmp_path):
             twin, = run.depends
             assert twin.study == "num_points" and twin.seed == run.seed and run.folder == twin.folder
     assert len({r.folder for r in runs}) == len(runs) - 2
+
+
+def test_self_training_reads_the_teacher_from_its_twin(tmp_path):
+    args, data, plan = _plan(tmp_path, ["supervision"], ["--models", "mask_rcnn"])
+    for run in plan["supervision"]:
+        _finish(run, 30.0)
+    teacher_folder = {r.seed: r.folder for r in plan["supervision"] if r.label == "Mask R-CNN P10"}
+    args, data, plan = _plan(tmp_path, ["self_training"])
+    runs = plan["self_training"]
+    assert experiments.reuse_twins(runs, args.out) == 2  # the teachers; the students have their own step
+    for student in (r for r in runs if r.before):
+        pseudo_labelling, = student.before
+        config = pseudo_labelling[pseudo_labelling.index("--config") + 1]
+        weights = pseudo_labelling[pseudo_labelling.index("--weights") + 1]
+        assert config == os.path.join(teacher_folder[student.seed], "config.yaml") and os.path.exists(config)
+        assert weights == os.path.join(teacher_folder[student.seed], "model_final.pth")
+        assert not student.reused_from
