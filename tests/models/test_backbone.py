@@ -202,3 +202,35 @@ def test_build_backbone_loads_weights(tmp_path):
     model = build_backbone(BackboneConfig(depth=18, norm="FrozenBN", freeze_at=2, weights=str(path), fpn_channels=16))
     torch.testing.assert_close(model.bottom_up.layer1[0].bn1.running_var, tv.layer1[0].bn1.running_var)
     torch.testing.assert_close(model.bottom_up.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+
+
+def test_frozen_bn_is_folded_for_inference_but_not_while_its_conv_trains():
+    """conv_norm: the same values either way; a trained conv keeps no folded weight copy for
+    backward (only x and the weight itself), while inference reuses one cached folded conv."""
+    from pointsup.models.norm import conv_norm
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    norm = get_norm("BN", 16)
+    _randomize_batchnorms(norm)
+    norm = convert_frozen_batchnorm(norm.eval())
+    x = torch.randn(2, 8, 6, 6)
+    reference = norm(conv(x))
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = conv_norm(conv, norm, x)
+    torch.testing.assert_close(y, reference)
+    weight_shaped = [t for t in saved if t.shape == conv.weight.shape]
+    assert weight_shaped and all(t.data_ptr() == conv.weight.data_ptr() for t in weight_shaped)
+    y.sum().backward()
+    assert conv.weight.grad is not None and "_folded_frozen_bn" not in conv.__dict__
+
+    with torch.no_grad():
+        y = conv_norm(conv, norm, x)
+        cached = conv.__dict__["_folded_frozen_bn"][1]
+        assert conv_norm(conv, norm, x) is not y and conv.__dict__["_folded_frozen_bn"][1] is cached
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+    conv.weight.requires_grad_(False)  # a frozen stage folds even with grad mode on
+    conv_norm(conv, norm, x)
+    assert conv.__dict__["_folded_frozen_bn"][1] is cached
