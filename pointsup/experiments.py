@@ -525,6 +525,13 @@ def claims(study: str, rows: list[dict]) -> list[str]:
         p5, p10, p20 = (ap[f"P{n}"][0] for n in (5, 10, 20))
         check(f"P5 {p5:.1f} < P10 {p10:.1f} < P20 {p20:.1f} and P20 − P10 ({p20 - p10:+.1f}) < P10 − P5 ({p10 - p5:+.1f})",
               p5 < p10 < p20 and p20 - p10 < p10 - p5)
+        spread = max(ap[f"P{n}"][1] for n in (5, 10, 20))
+        if not math.isnan(spread):
+            steps = [f"P{a}→P{b} {ap[f'P{b}'][0] - ap[f'P{a}'][0]:+.1f}" for a, b in ((5, 10), (10, 20))]
+            out.append(f"- the steps ({', '.join(steps)} AP) against the seeds' spread (largest std {spread:.1f} AP): "
+                       + ("a step smaller than it is not a finding" if any(
+                           abs(ap[f"P{b}"][0] - ap[f"P{a}"][0]) <= spread for a, b in ((5, 10), (10, 20)))
+                          else "both exceed it"))
     elif study == "noise" and "P10 clean" in ap:
         clean = ap["P10 clean"][0]
         random_drop = clean - ap.get("P10 5% random", (math.nan,))[0]
