@@ -121,7 +121,12 @@ class Run:
 
 def run_finished(run: Run) -> dict | None:
     """The run's final metrics if it finished (metrics.json with its iteration), else None."""
-    path = os.path.join(run.folder, "metrics.json")
+    return finished_metrics(run.folder)
+
+
+def finished_metrics(folder: str) -> dict | None:
+    """The final metrics of the run in `folder` if it finished, else None."""
+    path = os.path.join(folder, "metrics.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -160,7 +165,7 @@ def reuse_twins(runs: list[Run], out: str) -> int:
     twins: list[tuple[dict, str, Run | None]] = []  # (config, folder, planned run or None)
     for path in sorted(glob.glob(os.path.join(out, "*", "*", "seed*", "config.yaml")), key=study_order):
         folder = os.path.dirname(path)
-        if run_finished(Run("", "", "", [], 0, folder=folder)) is not None:
+        if finished_metrics(folder) is not None:
             twins.append((_training_config(path, []), folder, None))
     reused, moved = 0, {}
     for run in runs:
@@ -527,11 +532,11 @@ def claims(study: str, rows: list[dict]) -> list[str]:
               p5 < p10 < p20 and p20 - p10 < p10 - p5)
         spread = max(ap[f"P{n}"][1] for n in (5, 10, 20))
         if not math.isnan(spread):
-            steps = [f"P{a}→P{b} {ap[f'P{b}'][0] - ap[f'P{a}'][0]:+.1f}" for a, b in ((5, 10), (10, 20))]
-            out.append(f"- the steps ({', '.join(steps)} AP) against the seeds' spread (largest std {spread:.1f} AP): "
-                       + ("a step smaller than it is not a finding" if any(
-                           abs(ap[f"P{b}"][0] - ap[f"P{a}"][0]) <= spread for a, b in ((5, 10), (10, 20)))
-                          else "both exceed it"))
+            steps = {"P5→P10": p10 - p5, "P10→P20": p20 - p10}
+            within = any(abs(step) <= spread for step in steps.values())
+            out.append(f"- the steps ({', '.join(f'{k} {v:+.1f}' for k, v in steps.items())} AP) against the seeds' "
+                       f"spread (largest std {spread:.1f} AP): "
+                       + ("a step smaller than it is not a finding" if within else "both exceed it"))
     elif study == "noise" and "P10 clean" in ap:
         clean = ap["P10 clean"][0]
         random_drop = clean - ap.get("P10 5% random", (math.nan,))[0]
