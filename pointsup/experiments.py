@@ -712,6 +712,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.study = list(STUDIES)
     if args.seeds < 1 or args.iters < 0 or args.jobs < 1:
         parser.error("--seeds and --jobs must be >= 1, --iters >= 0")
+    if min(args.num_points) < 1 or not all(0.0 <= f <= 1.0 for f in args.noise_fractions):
+        parser.error("--num-points must be >= 1 and --noise-fractions in [0, 1]")
     given = [args.train_json, args.train_images, args.val_json, args.val_images]
     if any(given) and not all(given):
         parser.error("--train-json, --train-images, --val-json and --val-images go together")

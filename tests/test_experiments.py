@@ -233,3 +233,10 @@ def test_self_training_reads_the_teacher_from_its_twin(tmp_path):
         assert config == os.path.join(teacher_folder[student.seed], "config.yaml") and os.path.exists(config)
         assert weights == os.path.join(teacher_folder[student.seed], "model_final.pth")
         assert not student.reused_from
+
+
+@pytest.mark.parametrize("argv", [["--num-points", "0"], ["--noise-fractions", "1.5"], ["--noise-fractions", "-0.1"]])
+def test_study_values_out_of_range_are_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit):
+        experiments.parse_args(argv)
+    assert "--num-points must be >= 1 and --noise-fractions in [0, 1]" in capsys.readouterr().err
