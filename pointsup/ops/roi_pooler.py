@@ -1,5 +1,9 @@
 """Multi-level RoIAlign: each box is pooled from the FPN level that suits its size.
 
+The op per level is torchvision's RoIAlign; when training on CPU its gradient comes from
+`pointsup.ops.roi_align` (same values up to summation order; forward + backward in ~0.6x
+torchvision's time at COCO sizes, `scripts/bench_roi_align.py`).
+
 Shape letters: N images, R RoIs (all images concatenated), C channels, S output side.
 """
 
@@ -9,7 +13,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+
+from .roi_align import roi_align
 
 
 LEVEL_MAPPERS = ("detectron2", "torchvision")
@@ -92,7 +97,7 @@ class ROIPooler(nn.Module):
         use_channels_last = self.channels_last and rois.device.type == "cpu"
         memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
         if len(features) == 1:
-            out = roi_align(features[0], rois, S, self.scales[0], self.sampling_ratio, aligned=self.aligned)
+            out = roi_align(features[0], rois, S, self.scales[0], self.sampling_ratio, self.aligned)
             return out.contiguous(memory_format=memory_format)
 
         level_idx = assign_boxes_to_levels(
@@ -103,5 +108,5 @@ class ROIPooler(nn.Module):
             idx = torch.nonzero(level_idx == level).squeeze(1)
             if idx.numel() == 0:
                 continue
-            out[idx] = roi_align(feature, rois[idx], S, scale, self.sampling_ratio, aligned=self.aligned).to(out.dtype)
+            out[idx] = roi_align(feature, rois[idx], S, scale, self.sampling_ratio, self.aligned).to(out.dtype)
         return out

@@ -1,0 +1,149 @@
+"""RoIAlign with a faster backward pass on CPU.
+
+The forward pass is `torchvision.ops.roi_align` itself (identical outputs). Its CPU backward
+scatters every bilinear sample into the feature gradient one channel at a time, and is the
+largest single cost of a CPU training step after the convolutions (docs/PERFORMANCE.md).
+This module computes the same gradient with batched matrix products instead, using one fact
+about RoIAlign: every sample's bilinear weight is a product of a weight along y and a weight
+along x (the same holds for torchvision's validity test and edge clamping), so a pooled bin is
+
+    out[r, c, i, j] = sum_{y, x} Ay[r, i, y] * F[b_r, c, y, x] * Ax[r, j, x]
+
+with Ay[r, i, y] = (1 / gh) * sum over the bin's gh sample rows of the bilinear weight on
+feature row y (Ax likewise). The gradient w.r.t. F is then Ay^T @ dOut @ Ax over each RoI's
+window of feature rows and columns: two small matrix products and one row-wise `index_add_`.
+The result equals torchvision's gradient up to float summation order (~1e-6 relative;
+tests/ops/test_roi_align.py compares them on random and degenerate boxes).
+
+Shape letters: N images, R RoIs, C channels, S output side (bins per axis), G samples per
+bin along one axis, K rows (or columns) of a RoI's window. Coordinates are feature-map
+pixels with pixel centres at integers after the aligned half-pixel shift, as in torchvision.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torchvision.ops import roi_align as torchvision_roi_align
+
+# Largest (RoIs x window rows x window columns x channels) handled at once in the backward:
+# 16M floats = 64 MB of scratch, whatever the number and size of the RoIs.
+BACKWARD_CHUNK_ELEMENTS = 1 << 24
+
+
+def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
+              sampling_ratio: int, aligned: bool) -> Tensor:
+    """torchvision.ops.roi_align (same arguments, same outputs); on CPU with a gradient to
+    compute, its backward is `roi_align_backward` below.
+
+    features: (N, C, H, W); rois: (R, 5) = (image index, x1, y1, x2, y2) in image pixels.
+    returns (R, C, S, S).
+    """
+    if features.device.type == "cpu" and features.requires_grad and torch.is_grad_enabled():
+        return _RoIAlignCPU.apply(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
+
+
+class _RoIAlignCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
+                sampling_ratio: int, aligned: bool) -> Tensor:
+        ctx.save_for_backward(rois)
+        ctx.args = (features.shape, output_size, spatial_scale, sampling_ratio, aligned)
+        return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (rois,) = ctx.saved_tensors
+        grad_features = roi_align_backward(grad_out, rois, *ctx.args)
+        return grad_features, None, None, None, None, None
+
+
+def bin_weights(start: Tensor, length: Tensor, S: int, sampling_ratio: int, size: int) -> tuple[Tensor, Tensor]:
+    """RoIAlign's bilinear weights along one axis, summed over each bin's samples.
+
+    start, length: (R,) the RoIs' first edge and extent along this axis (feature pixels,
+    after the aligned shift); size: H or W of the feature map.
+    returns first: (R,) int64, the first feature row (or column) any sample touches, and
+    A: (R, S, K) with A[r, s, k] the weight of row first[r] + k in bin s, divided by the
+    bin's number of samples along this axis (so Ay x Ax divides by torchvision's count).
+    Rows first[r] + k past the map's edge have weight 0.
+    """
+    R = start.shape[0]
+    bin_length = length / S  # (R,)
+    if sampling_ratio > 0:
+        grid = torch.full_like(length, float(sampling_ratio))
+    else:
+        grid = torch.ceil(length / S)  # adaptive: ceil(roi_side / S) samples (0 for an empty RoI)
+    G = max(int(grid.max()), 1) if R else 1
+    g = torch.arange(G, dtype=start.dtype, device=start.device)
+    s = torch.arange(S, dtype=start.dtype, device=start.device)
+    # torchvision's sample positions, in its order of operations: (R, S, G)
+    pos = start[:, None, None] + s[None, :, None] * bin_length[:, None, None] \
+        + (g[None, None, :] + 0.5) * bin_length[:, None, None] / grid.clamp(min=1)[:, None, None]
+    # A sample beyond one pixel outside the map contributes 0; one within it is clamped to
+    # the edge, and a sample on or past the last row reads that row only.
+    valid = (g[None, None, :] < grid[:, None, None]) & (pos >= -1.0) & (pos <= size)
+    pos = pos.clamp(min=0)
+    low = pos.floor()
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    frac = torch.where(at_edge, torch.zeros_like(pos), pos - low)  # weight of row low + 1
+    weight = valid.to(start.dtype) / grid.clamp(min=1)[:, None, None]  # (R, S, G)
+
+    first = torch.where(valid, low, torch.full_like(low, size - 1)).amin(dim=(1, 2))  # (R,)
+    last = torch.where(valid, low + (frac > 0).to(low.dtype), torch.zeros_like(low)).amax(dim=(1, 2))
+    K = max(int((last - first).max()) + 1, 1) if R else 1
+    k_low = (low - first[:, None, None])[..., None]  # (R, S, G, 1) window row of each sample
+    k = torch.arange(K, dtype=low.dtype, device=low.device)
+    # (R, S, G, K) one-hot rows, summed over the samples: small, and vectorises (scatter_add doesn't)
+    A = ((k == k_low) * (weight * (1 - frac))[..., None] + (k == k_low + 1) * (weight * frac)[..., None]).sum(2)
+    return first.long(), A
+
+
+def roi_align_backward(grad_out: Tensor, rois: Tensor, features_shape: torch.Size, output_size: int,
+                       spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """Gradient of roi_align w.r.t. its features: dF = sum_r Ay[r]^T @ dOut[r] @ Ax[r].
+
+    grad_out: (R, C, S, S); rois: (R, 5). returns (N, C, H, W) (channels-last strides).
+    """
+    N, C, H, W = features_shape
+    S = output_size
+    dtype = grad_out.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # autocast: sum in float32 (torchvision's autocast runs RoIAlign in float32 too)
+        grad_out = grad_out.float()
+    grad_features = grad_out.new_zeros(N * H * W, C)  # one row per feature pixel
+    if rois.shape[0] == 0:
+        return grad_features.view(N, H, W, C).permute(0, 3, 1, 2).to(dtype)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, 1:].to(grad_out.dtype) * spatial_scale - offset).unbind(1)  # (R,) each
+    height, width = y2 - y1, x2 - x1
+    if not aligned:  # torchvision's legacy mode: RoIs at least one pixel wide
+        height, width = height.clamp(min=1), width.clamp(min=1)
+    image = rois[:, 0].long()
+
+    # Chunks of RoIs of similar window size keep the scratch bounded and the padding small:
+    # sorted by window side, a chunk ends where (RoIs x side^2 x C) would pass the budget.
+    side = torch.maximum(height, width).clamp(min=0) + 2  # (R,) an upper bound of K
+    order = torch.argsort(side)
+    side = side[order]
+    start = 0
+    while start < len(order):
+        cost = torch.arange(1, len(order) - start + 1) * side[start:] ** 2 * C  # chunk [start, start + n)
+        count = max(1, int((cost <= BACKWARD_CHUNK_ELEMENTS).sum()))
+        idx = order[start:start + count]
+        start += count
+        first_y, Ay = bin_weights(y1[idx], height[idx], S, sampling_ratio, H)  # (r,), (r, S, Ky)
+        first_x, Ax = bin_weights(x1[idx], width[idx], S, sampling_ratio, W)  # (r,), (r, S, Kx)
+        r, Ky, Kx = len(idx), Ay.shape[2], Ax.shape[2]
+        d_out = grad_out[idx].permute(0, 3, 2, 1).reshape(r, S, S * C)  # (r, j, i*C + c)
+        d_cols = torch.bmm(Ax.transpose(1, 2), d_out)  # (r, Kx, i*C + c)
+        d_cols = d_cols.view(r, Kx, S, C).transpose(1, 2).reshape(r, S, Kx * C)  # (r, i, x*C + c)
+        d_window = torch.bmm(Ay.transpose(1, 2), d_cols)  # (r, Ky, x*C + c)
+        rows = (first_y[:, None] + torch.arange(Ky)).clamp(max=H - 1)  # (r, Ky); rows past H: weight 0
+        cols = (first_x[:, None] + torch.arange(Kx)).clamp(max=W - 1)  # (r, Kx)
+        pixel = (image[idx, None, None] * H + rows[:, :, None]) * W + cols[:, None, :]  # (r, Ky, Kx)
+        grad_features.index_add_(0, pixel.reshape(-1), d_window.reshape(-1, C))
+    return grad_features.view(N, H, W, C).permute(0, 3, 1, 2).to(dtype)
