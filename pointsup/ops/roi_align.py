@@ -103,6 +103,20 @@ def bin_weights(start: Tensor, length: Tensor, S: int, sampling_ratio: int, size
     return first.long(), A
 
 
+def window_gradient(d_out: Tensor, Ay: Tensor, Ax: Tensor) -> Tensor:
+    """Ay^T @ d_out @ Ax for each RoI and channel, columns first.
+
+    d_out: (r, C, S, S) gradient of the bins (i along y, j along x); Ay: (r, S, Ky); Ax: (r, S, Kx).
+    returns (r, Ky, Kx, C), the gradient of each RoI's window of feature pixels.
+    """
+    r, C, S, _ = d_out.shape
+    Ky, Kx = Ay.shape[2], Ax.shape[2]
+    d_out = d_out.permute(0, 3, 2, 1).reshape(r, S, S * C)  # (r, j, i*C + c)
+    d_cols = torch.bmm(Ax.transpose(1, 2), d_out)  # (r, Kx, i*C + c): cost r Kx S S C
+    d_cols = d_cols.view(r, Kx, S, C).transpose(1, 2).reshape(r, S, Kx * C)  # (r, i, x*C + c)
+    return torch.bmm(Ay.transpose(1, 2), d_cols).view(r, Ky, Kx, C)  # cost r Ky S Kx C
+
+
 def roi_align_backward(grad_out: Tensor, rois: Tensor, features_shape: torch.Size, output_size: int,
                        spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
     """Gradient of roi_align w.r.t. its features: dF = sum_r Ay[r]^T @ dOut[r] @ Ax[r].
@@ -124,26 +138,33 @@ def roi_align_backward(grad_out: Tensor, rois: Tensor, features_shape: torch.Siz
         height, width = height.clamp(min=1), width.clamp(min=1)
     image = rois[:, 0].long()
 
-    # Chunks of RoIs of similar window size keep the scratch bounded and the padding small:
-    # sorted by window side, a chunk ends where (RoIs x side^2 x C) would pass the budget.
-    side = torch.maximum(height, width).clamp(min=0) + 2  # (R,) an upper bound of K
-    order = torch.argsort(side)
-    side = side[order]
+    # Chunks of RoIs of similar window shape keep the scratch bounded and the padding small:
+    # grouped by window height (powers of 2) and sorted by width, a chunk ends at the end of
+    # its group or where (RoIs x tallest x widest x C) would pass the budget. (An untrained
+    # RPN proposes many full-height slivers: padded to square windows they would cost 20x.)
+    side_y, side_x = height.clamp(min=0) + 2, width.clamp(min=0) + 2  # (R,) upper bounds of Ky, Kx
+    group = torch.log2(side_y).ceil()
+    order = torch.argsort(group * (W + 3) + side_x.clamp(max=W + 2))
+    group, side_y, side_x = group[order], side_y[order], side_x[order]
     start = 0
     while start < len(order):
-        cost = torch.arange(1, len(order) - start + 1) * side[start:] ** 2 * C  # chunk [start, start + n)
+        same_group = int((group[start:] == group[start]).sum())
+        tallest = torch.cummax(side_y[start:start + same_group], dim=0).values
+        widest = torch.cummax(side_x[start:start + same_group], dim=0).values
+        cost = torch.arange(1, same_group + 1) * tallest * widest * C  # chunk [start, start + n)
         count = max(1, int((cost <= BACKWARD_CHUNK_ELEMENTS).sum()))
         idx = order[start:start + count]
         start += count
         first_y, Ay = bin_weights(y1[idx], height[idx], S, sampling_ratio, H)  # (r,), (r, S, Ky)
         first_x, Ax = bin_weights(x1[idx], width[idx], S, sampling_ratio, W)  # (r,), (r, S, Kx)
-        r, Ky, Kx = len(idx), Ay.shape[2], Ax.shape[2]
-        d_out = grad_out[idx].permute(0, 3, 2, 1).reshape(r, S, S * C)  # (r, j, i*C + c)
-        d_cols = torch.bmm(Ax.transpose(1, 2), d_out)  # (r, Kx, i*C + c)
-        d_cols = d_cols.view(r, Kx, S, C).transpose(1, 2).reshape(r, S, Kx * C)  # (r, i, x*C + c)
-        d_window = torch.bmm(Ay.transpose(1, 2), d_cols)  # (r, Ky, x*C + c)
+        Ky, Kx = Ay.shape[2], Ax.shape[2]
         rows = (first_y[:, None] + torch.arange(Ky)).clamp(max=H - 1)  # (r, Ky); rows past H: weight 0
         cols = (first_x[:, None] + torch.arange(Kx)).clamp(max=W - 1)  # (r, Kx)
         pixel = (image[idx, None, None] * H + rows[:, :, None]) * W + cols[:, None, :]  # (r, Ky, Kx)
+        if Ky >= Kx:
+            d_window = window_gradient(grad_out[idx], Ay, Ax)  # (r, Ky, Kx, C)
+        else:  # wide windows: the same product transposed, which contracts the short side first
+            d_window = window_gradient(grad_out[idx].transpose(2, 3), Ax, Ay)  # (r, Kx, Ky, C)
+            pixel = pixel.transpose(1, 2)
         grad_features.index_add_(0, pixel.reshape(-1), d_window.reshape(-1, C))
     return grad_features.view(N, H, W, C).permute(0, 3, 1, 2).to(dtype)
