@@ -68,6 +68,9 @@ def test_backward_in_small_chunks_equals_one_chunk(monkeypatch):
     chunked = roi_align_backward(grad_out, rois, torch.Size([N, C, H, W]), S, scale, 0, True)
     assert BACKWARD_CHUNK_ELEMENTS > C * 50
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    # contiguous (N, C, H, W) like torchvision's gradient: a channels-last one raised the
+    # peak memory of a training step (docs/PERFORMANCE.md)
+    assert whole.is_contiguous()
 
 
 def test_no_rois_and_no_grad_paths():
