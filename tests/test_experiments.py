@@ -135,6 +135,9 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
     assert rows["Mask R-CNN masks"][1] == experiments.fmt(*experiments.mean_std(masks))
     assert "Implicit PointRend P10+aug − PointRend P10+aug" in text
     assert "annotation hours" in text
+    # schedule: per seed masks then P10 (k = 0, 1 for seed 0; 2, 3 for seed 1), every evaluation
+    # logged the run's final AP: masks 10, 13 and P10 11, 14 -> gap -1.0 at both iterations
+    assert "masks − P10 (means over seeds), by iteration: 5: -1.0, 10: -1.0" in text
 
 
 def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
