@@ -31,8 +31,8 @@ Scale: `--iters` optimizer steps per run (default 1500, the built-in job's sched
 steps at 75% / 90%, batch and LR from the model's config); the synthetic configs' small
 R18-FPN models. The `supervision` study at that scale takes ~5.4 h on a 2-core CPU
 (docs/experiments/README.md); at 500 iterations about a third of that, but there the
-models reach ~10 mask AP and the paper's effects drown in the seeds' spread. At full COCO scale, run the
-same configs with torchrun instead (README, "Reproducing the paper").
+models reach ~10 mask AP and the paper's effects drown in the seeds' spread. At full COCO
+scale, run the same configs with torchrun instead (README, "Reproducing the paper").
 """
 
 from __future__ import annotations
@@ -490,8 +490,13 @@ def ratio(rows: dict[str, dict], num: str, den: str) -> str:
     a, b = rows.get(num), rows.get(den)
     if not a or not b or not a["segm"] or not b["segm"]:
         return "n/a"
-    pairs = [(x, y) for sx, x in zip(a["seeds"], a["segm"]) for sy, y in zip(b["seeds"], b["segm"]) if sx == sy and y > 0]
+    pairs = [(x, y) for x, y in seed_pairs(a, b) if y > 0]
     return fmt(*mean_std([x / y for x, y in pairs]), digits=2) if pairs else "n/a"
+
+
+def seed_pairs(a: dict, b: dict) -> list[tuple[float, float]]:
+    """(mask AP of row a, mask AP of row b) for every training seed both rows finished."""
+    return [(x, y) for sx, x in zip(a["seeds"], a["segm"]) for sy, y in zip(b["seeds"], b["segm"]) if sx == sy]
 
 
 def table(rows: list[dict], reference: Callable[[dict], str | None] = lambda r: None) -> list[str]:
@@ -550,9 +555,7 @@ def claims(study: str, rows: list[dict]) -> list[str]:
               random_drop < 2 and boundary_drop < 2 and boundary_drop >= random_drop if measured else None)
     elif study == "self_training" and "P10" in ap and "P10 -> pseudo masks" in ap:
         # Each student learns from its own seed's teacher: the finding is the per-seed gain.
-        teacher, student = by["P10"], by["P10 -> pseudo masks"]
-        gains = [y - x for sx, x in zip(teacher["seeds"], teacher["segm"])
-                 for sy, y in zip(student["seeds"], student["segm"]) if sx == sy]
+        gains = [y - x for x, y in seed_pairs(by["P10"], by["P10 -> pseudo masks"])]
         gain, std = mean_std(gains)
         if math.isnan(std):
             out.append(f"- self-training gain {gain:+.1f} AP (one seed: no std; paper +0.6)")

@@ -48,6 +48,11 @@ def random_boxes(num: int, height: int, width: int, generator: torch.Generator) 
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
 
 
+def torchvision_op(features, rois, output_size, spatial_scale, sampling_ratio, aligned):
+    """torchvision's RoIAlign with pointsup's op's signature, to swap into the pooler."""
+    return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
+
+
 def step(pooler: ROIPooler, features: list[torch.Tensor], boxes: list[torch.Tensor], grad_out: torch.Tensor):
     leaves = [f.detach().requires_grad_() for f in features]
     start = time.perf_counter()
@@ -67,8 +72,7 @@ def train_step_ratio(config: str, rounds: int) -> None:
     n = cfg.solver.ims_per_batch
     batches = [collate([train_set[n * b + i] for i in range(n)], size_divisibility=32) for b in range(3)]
     model = build_model(cfg, train_set.num_classes).train()
-    ops = {"pointsup": roi_pooler.roi_align,
-           "torchvision": lambda f, r, S, s, sr, aligned: torchvision_roi_align(f, r, S, s, sr, aligned=aligned)}
+    ops = {"pointsup": roi_pooler.roi_align, "torchvision": torchvision_op}
     times = {label: [] for label in ops}
     for round_ in range(rounds + 1):  # round 0 warms up
         for b, batch in enumerate(batches):
@@ -103,10 +107,6 @@ def main() -> None:
     heads = {"box head (7x7)": (ROIPooler(7, scales, channels_last=False), box_rois),
              "mask head (14x14)": (ROIPooler(14, scales), mask_rois)}
     ours = roi_pooler.roi_align
-
-    def theirs(f, rois, S, scale, sampling_ratio, aligned):
-        return torchvision_roi_align(f, rois, S, scale, sampling_ratio, aligned=aligned)
-
     print(f"preset {args.preset}: {N} images {H}x{W}, {C} channels, {args.threads} thread(s), {args.rounds} rounds")
     for name, (pooler, per_image) in heads.items():
         boxes = [random_boxes(per_image, H, W, generator) for _ in range(N)]
@@ -114,7 +114,7 @@ def main() -> None:
         grad_out = torch.randn(N * per_image, C, S, S, generator=generator)
         times = {"pointsup": [], "torchvision": []}
         for round_ in range(args.rounds + 1):  # round 0 warms up
-            order = (("pointsup", ours), ("torchvision", theirs))
+            order = (("pointsup", ours), ("torchvision", torchvision_op))
             for label, op in order if round_ % 2 == 0 else order[::-1]:
                 roi_pooler.roi_align = op
                 seconds, grads = step(pooler, features, boxes, grad_out)

@@ -13,7 +13,7 @@ with Ay[r, i, y] = (1 / gh) * sum over the bin's gh sample rows of the bilinear 
 feature row y (Ax likewise). The gradient w.r.t. F is then Ay^T @ dOut @ Ax over each RoI's
 window of feature rows and columns: two small matrix products and one row-wise `index_add_`.
 The result equals torchvision's gradient up to float summation order (~1e-6 relative;
-tests/ops/test_roi_align.py compares them on random and degenerate boxes).
+tests/models/test_roi_align.py compares them on random and degenerate boxes).
 
 Shape letters: N images, R RoIs, C channels, S output side (bins per axis), G samples per
 bin along one axis, K rows (or columns) of a RoI's window. Coordinates are feature-map
