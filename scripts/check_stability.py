@@ -8,6 +8,7 @@ to the end and, for the others, the error (the divergence stop names the iterati
 
     python scripts/check_stability.py --iters 300 --seeds 3 --out experiments/stability \
         --variants default size160 flat3 clutter8
+    python scripts/check_stability.py ... --report-only   # the table from the finished runs, trains nothing
 
 Divergence shows up early (right after warm-up, when the LR peaks), so a few hundred
 iterations at the configs' LR and batch exercise the dangerous phase.
@@ -22,6 +23,7 @@ import sys
 
 from pointsup import experiments
 from pointsup.utils.io import atomic_write_text
+from pointsup.utils.logging import read_jsonl
 
 VARIANTS = {  # name -> synthetic generator options (pointsup/data/synthetic.py)
     "default": {},
@@ -37,18 +39,31 @@ CONFIGS = [
 ]
 
 
+def loss_rise(folder: str) -> float:
+    """The largest logged total loss over the first one (each a mean over `log_period`
+    iterations): ~1 or below when the loss only fell; a run that nearly diverged shows a
+    spike here even if it recovered before the divergence stop fired. NaN without a log."""
+    path = os.path.join(folder, "metrics.jsonl")
+    losses = [r["total_loss"] for r in read_jsonl(path) if "total_loss" in r] if os.path.exists(path) else []
+    return max(losses) / losses[0] if losses else math.nan
+
+
 def stability_table(runs: list, statuses: dict[str, dict], num_seeds: int) -> str:
     """Markdown: per variant and config, the seeds that trained to the end, their mask AP
-    (a run that finishes but learns nothing is not "stable") and the others' errors."""
-    lines = [f"| variant | config | seeds finished (of {num_seeds}) | mask AP | errors |", "|---|---|---|---|---|"]
+    (a run that finishes but learns nothing is not "stable"), the largest loss rise among
+    them (`loss_rise`) and the other seeds' errors."""
+    lines = [f"| variant | config | seeds finished (of {num_seeds}) | mask AP | largest loss / first loss | errors |",
+             "|---|---|---|---|---|---|"]
     for label in dict.fromkeys(run.label for run in runs):
         mine = [run for run in runs if run.label == label]
         metrics = {run.key(): experiments.run_finished(run) for run in mine}
         done = [run for run in mine if metrics[run.key()] is not None]
         ap = experiments.fmt(*experiments.mean_std([metrics[run.key()].get("segm", {}).get("AP", math.nan) for run in done]))
+        rises = [r for r in (loss_rise(run.folder) for run in done) if not math.isnan(r)]
+        rise = f"{max(rises):.2f}" if rises else "n/a"
         errors = "; ".join(f"seed {run.seed}: {statuses.get(run.key(), {}).get('error', 'not run')}" for run in mine if run not in done)
         variant, config = label.split(" ", 1)
-        lines.append(f"| {variant} | {config} | {len(done)} | {ap} | {errors} |")
+        lines.append(f"| {variant} | {config} | {len(done)} | {ap} | {rise} | {errors} |")
     return "\n".join(lines)
 
 
@@ -62,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     parser.add_argument("--output", default="", help="also write the table (and the command) to this markdown file")
     parser.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: the table of the runs that finished (the others as not run or failed)")
     args = parser.parse_args(argv)
 
     runs = []
@@ -81,7 +98,10 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs:
             print(run.key(), run.config, " ".join(run.overrides))
         return
-    statuses = experiments.run_all(runs, args.jobs, threads=1)
+    if args.report_only:
+        statuses = {run.key(): experiments.read_status(run) for run in runs}
+    else:
+        statuses = experiments.run_all(runs, args.jobs, threads=1)
     table = stability_table(runs, statuses, args.seeds)
     print(table)
     if args.output:

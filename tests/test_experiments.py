@@ -153,14 +153,21 @@ def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
         run.folder = str(tmp_path / f"seed{seed}")
         os.makedirs(run.folder)
         runs.append(run)
-    for run, ap in zip(runs[:2], (20.0, 30.0)):
+    for run, ap, losses in zip(runs, (20.0, 30.0), ([4.0, 2.0, 6.0, 1.0], [3.0, 1.5])):
         with open(os.path.join(run.folder, "metrics.json"), "w") as f:
             json.dump({"iteration": 300, "segm": {"AP": ap}, "bbox": {"AP": 1.0}}, f)
+        with open(os.path.join(run.folder, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps({"iter": 20 * (i + 1), "total_loss": loss}) + "\n" for i, loss in enumerate(losses))
+    # the failed seed logged a huge loss before it stopped: not counted, it did not finish
+    with open(os.path.join(runs[2].folder, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"iter": 20, "total_loss": 1.0}) + "\n" + json.dumps({"iter": 40, "total_loss": 1e22}) + "\n")
     statuses = {runs[2].key(): {"error": "FloatingPointError: non-finite loss at iteration 107"}}
     table = check_stability.stability_table(runs, statuses, 3)
     row = table.splitlines()[-1]
-    assert row.startswith("| size160 | implicit_pointrend_P10 | 2 | 25.0 ± 7.1 |")
+    # mean ± sample std of the finished seeds' AP; largest loss rise among them: 6.0 / 4.0
+    assert row.startswith("| size160 | implicit_pointrend_P10 | 2 | 25.0 ± 7.1 | 1.50 |")
     assert "seed 2: FloatingPointError: non-finite loss at iteration 107" in row
+    assert math.isnan(check_stability.loss_rise(str(tmp_path / "no_log")))
 
 
 def _plan(tmp_path, studies: list[str], extra: list[str] = ()):
