@@ -140,13 +140,19 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
     assert "masks − P10 (means over seeds), by iteration: 5: -1.0, 10: -1.0" in text
 
 
-def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
+def _load_script(name: str):
+    """A module of scripts/ (not a package), imported from its file."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "check_stability", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "check_stability.py"))
-    check_stability = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check_stability)
+        name, os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
+    check_stability = _load_script("check_stability")
     runs = []
     for seed in range(3):
         run = experiments.Run("stability", "size160 implicit_pointrend_P10", "c.yaml", [], seed)
@@ -168,6 +174,36 @@ def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
     assert row.startswith("| size160 | implicit_pointrend_P10 | 2 | 25.0 ± 7.1 | 1.50 |")
     assert "seed 2: FloatingPointError: non-finite loss at iteration 107" in row
     assert math.isnan(check_stability.loss_rise(str(tmp_path / "no_log")))
+
+
+def test_gt_box_mask_iou_scores_masks_and_pairs_seeds():
+    import numpy as np
+    import pycocotools.mask as mask_util
+
+    gt_box_mask_iou = _load_script("gt_box_mask_iou")
+    # One 20 x 40 image; the object is the left half of its box (x 10..30, y 0..10 of a 20 x 10 box).
+    ground_truth = {"images": [{"id": 1, "height": 20, "width": 40}], "annotations": [
+        {"id": 7, "image_id": 1, "bbox": [10, 0, 20, 10], "iscrowd": 0, "segmentation": [[10, 0, 20, 0, 20, 10, 10, 10]]},
+        {"id": 8, "image_id": 1, "bbox": [0, 0, 40, 20], "iscrowd": 1, "segmentation": [[0, 0, 40, 0, 40, 20, 0, 20]]}]}
+    box_ious = gt_box_mask_iou.instance_ious(None, ground_truth)  # the crowd annotation is left out
+    assert box_ious.tolist() == pytest.approx([0.5])
+    # a prediction of the right half of the box misses the object entirely; the left half is exact
+    for x0, expected in ((20, 0.0), (10, 1.0)):
+        mask = np.zeros((20, 40), np.uint8)
+        mask[0:10, x0:x0 + 10] = 1
+        rle = mask_util.encode(np.asfortranarray(mask))
+        predicted = {"annotations": [{"id": 7, "segmentation": {"size": [20, 40], "counts": rle["counts"].decode("ascii")}}]}
+        assert gt_box_mask_iou.instance_ious(predicted, ground_truth).tolist() == pytest.approx([expected])
+
+    assert gt_box_mask_iou.reference_label("Mask_R-CNN_P10+aug") == "Mask_R-CNN_masks"
+    run = {"iou75": 50.0, "segm": 1.0, "bbox": 1.0}
+    results = {"Mask_R-CNN_P10": {0: {**run, "miou": 60.0}, 1: {**run, "miou": 90.0}, 2: {**run, "miou": 70.0}},
+               "Mask_R-CNN_masks": {0: {**run, "miou": 80.0}, 1: {**run, "miou": 90.0}}}  # seed 2 unfinished
+    rows = gt_box_mask_iou.iou_table(results, np.array([0.5])).splitlines()
+    assert rows[2].startswith("| GT box as the mask (no model) | 50.0 |")
+    # ratio paired by seed over the seeds both rows finished: 60/80, 90/90 -> 0.875 ± 0.177
+    assert rows[3].startswith("| Mask R-CNN P10 | 73.3 ± 15.3 | 0.88 ± 0.18 | 50.0 ± 0.0 | 1.00 ± 0.00 |")
+    assert rows[4].startswith("| Mask R-CNN masks | 85.0 ± 7.1 |  |")
 
 
 def _plan(tmp_path, studies: list[str], extra: list[str] = ()):
