@@ -77,7 +77,8 @@ def measure_run(folder: str, data_root: str) -> dict:
 def find_runs(study_folder: str) -> dict[str, dict[int, str]]:
     """{label: {seed: folder}} of the finished R-CNN runs below a study folder."""
     runs: dict[str, dict[int, str]] = {}
-    for label in sorted(os.listdir(study_folder)):
+    labels = [name for name in sorted(os.listdir(study_folder)) if os.path.isdir(os.path.join(study_folder, name))]
+    for label in labels:
         for name in sorted(os.listdir(os.path.join(study_folder, label))):
             folder = os.path.join(study_folder, label, name)
             if not (name.startswith("seed") and os.path.exists(os.path.join(folder, "model_final.pth"))
