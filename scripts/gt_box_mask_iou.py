@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -99,9 +100,9 @@ def iou_table(results: dict[str, dict[int, dict]], box_ious: np.ndarray, referen
     """Markdown: per run label, mean ± std over seeds of the mean IoU and of the share of
     instances at IoU ≥ 0.75, each with its ratio to the full-mask row of the same model
     (`reference_label`) or to the row `reference` (paired by seed)."""
-    lines = ["| run | mean mask IoU in GT boxes | ratio to masks | IoU ≥ 0.75 (% of instances) | ratio to masks | "
-             "mask AP | box AP | seeds |", "|---|---|---|---|---|---|---|---|",
-             f"| GT box as the mask (no model) | {100 * box_ious.mean():.1f} | | {100 * (box_ious >= 0.75).mean():.1f} "
+    lines = ["| run | mean mask IoU in GT boxes | per seed | ratio to masks | IoU ≥ 0.75 (% of instances) | ratio to masks | "
+             "mask AP | box AP | seeds |", "|---|---|---|---|---|---|---|---|---|",
+             f"| GT box as the mask (no model) | {100 * box_ious.mean():.1f} | | | {100 * (box_ious >= 0.75).mean():.1f} "
              f"| | | | |"]
     for label, by_seed in results.items():
         reference_row = reference or reference_label(label)
@@ -116,7 +117,8 @@ def iou_table(results: dict[str, dict[int, dict]], box_ious: np.ndarray, referen
             pairs = [r[key] / reference_runs[seed][key] for seed, r in by_seed.items() if seed in reference_runs]
             return experiments.fmt(*experiments.mean_std(pairs), digits=2)
 
-        lines.append(f"| {label.replace('_', ' ')} | {column('miou')} | {ratio('miou')} | {column('iou75')} | "
+        per_seed = " / ".join(f"{by_seed[seed]['miou']:.1f}" for seed in sorted(by_seed))
+        lines.append(f"| {label.replace('_', ' ')} | {column('miou')} | {per_seed} | {ratio('miou')} | {column('iou75')} | "
                      f"{ratio('iou75')} | {column('segm')} | {column('bbox')} | {len(by_seed)} |")
     return "\n".join(lines)
 
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     table = iou_table(results, instance_ious(None, load_coco_json(val_jsons.pop())), args.reference)
     print(table)
     if args.output:
-        command = "python scripts/gt_box_mask_iou.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python scripts/gt_box_mask_iou.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         atomic_write_text(args.output, f"# Mask quality in GT boxes\n\n- command: `{command}`\n- mean ± sample std over "
                           f"seeds; ratio paired by seed; mask AP and box AP are the runs' own evaluations\n\n{table}\n")
 

@@ -202,8 +202,8 @@ def test_gt_box_mask_iou_scores_masks_and_pairs_seeds():
     rows = gt_box_mask_iou.iou_table(results, np.array([0.5])).splitlines()
     assert rows[2].startswith("| GT box as the mask (no model) | 50.0 |")
     # ratio paired by seed over the seeds both rows finished: 60/80, 90/90 -> 0.875 ± 0.177
-    assert rows[3].startswith("| Mask R-CNN P10 | 73.3 ± 15.3 | 0.88 ± 0.18 | 50.0 ± 0.0 | 1.00 ± 0.00 |")
-    assert rows[4].startswith("| Mask R-CNN masks | 85.0 ± 7.1 |  |")
+    assert rows[3].startswith("| Mask R-CNN P10 | 73.3 ± 15.3 | 60.0 / 90.0 / 70.0 | 0.88 ± 0.18 | 50.0 ± 0.0 | 1.00 ± 0.00 |")
+    assert rows[4].startswith("| Mask R-CNN masks | 85.0 ± 7.1 | 80.0 / 90.0 |  |")
 
 
 def _plan(tmp_path, studies: list[str], extra: list[str] = ()):
