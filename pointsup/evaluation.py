@@ -9,6 +9,10 @@ JSON file in its own frame. Each prediction becomes one COCO result per instance
 In DDP every rank runs a shard of the images (rank r takes images r, r + W, ...) and the
 results are gathered on rank 0, which runs COCOeval and returns the metrics; the other
 ranks return an empty dict.
+
+`gt_box_mask_ious` measures the mask alone: an R-CNN model's mask for every GT box (no
+detector in the loop; `pointsup.self_training.pseudo_label_coco` predicts them) against the
+GT mask, by IoU. Mask AP mixes finding an object with segmenting it; this separates them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from pointsup.data.coco import decode_segmentation
 from pointsup.utils import distributed as dist_utils
 
 # COCOeval.stats order (after summarize()).
@@ -139,3 +144,29 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             parts = [f"{k} {v:.2f}" if isinstance(v, float) else f"{k} -" for k, v in values.items()]
             lines.append(f"{task}: " + "  ".join(parts))
     return "\n".join(lines)
+
+
+def gt_box_mask_ious(predicted: dict | None, ground_truth: dict) -> np.ndarray:
+    """IoU of every non-crowd GT instance's mask with the mask predicted for its GT box.
+
+    predicted: COCO dict with the same annotation ids, each with an RLE `segmentation` (what
+    `pseudo_label_coco` writes); None: the filled GT box itself, the baseline a mask head has
+    to beat. Instances whose box has no area are left out (no mask is predicted for them).
+    """
+    image_sizes = {info["id"]: (info["height"], info["width"]) for info in ground_truth["images"]}
+    predicted_by_id = {a["id"]: a for a in predicted["annotations"]} if predicted is not None else {}
+    ious = []
+    for gt in ground_truth["annotations"]:
+        x, y, w, h = gt["bbox"]
+        if gt.get("iscrowd", 0) or w <= 0 or h <= 0:
+            continue
+        H, W = image_sizes[gt["image_id"]]
+        gt_rle = mask_util.encode(np.asfortranarray(decode_segmentation(gt["segmentation"], (H, W), "GT", gt["id"]).astype(np.uint8)))
+        if predicted is None:
+            other = mask_util.frPyObjects(np.array([[x, y, w, h]], dtype=np.float64), H, W)[0]
+        else:
+            segmentation = predicted_by_id[gt["id"]]["segmentation"]
+            counts = segmentation["counts"]
+            other = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        ious.append(float(mask_util.iou([other], [gt_rle], [0])[0, 0]))
+    return np.asarray(ious, dtype=np.float64)

@@ -36,7 +36,7 @@ def _table_rows(report: str) -> dict[str, list[str]]:
     rows = {}
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 8 and cells[0] not in ("run", "---"):
+        if line.startswith("| ") and len(cells) == 10 and cells[0] not in ("run", "---"):
             rows[cells[0]] = cells
     return rows
 
@@ -67,7 +67,13 @@ def test_harness_runs_a_study_reports_mean_std_and_resumes(tmp_path, one_thread)
         assert mean == pytest.approx(statistics.mean(values), abs=0.051)
         assert std == pytest.approx(statistics.stdev(values), abs=0.051)
         assert rows[label][6] == "2"  # seeds
+        # mask IoU in GT boxes: measured once per run from its model_final.pth, cached beside it
+        ious = [json.load(open(out / "self_training" / folder_name / f"seed{s}" / "gt_box_iou.json"))["mean_iou"]
+                for s in (0, 1)]
+        assert all(0.0 <= v <= 100.0 for v in ious)
+        assert rows[label][7] == experiments.fmt(*experiments.mean_std(ious))
     assert "commit:" in report and "seeds: 2" in report and "self-training gain" in report
+    assert "mask IoU in GT boxes, student − its teacher per seed" in report
 
     # Resume: a second invocation reads the finished runs and trains nothing.
     logs = {f: open(os.path.join(f, "log.txt")).read() for f in folders}
@@ -120,6 +126,9 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
             with open(os.path.join(run.folder, "metrics.jsonl"), "w") as f:
                 for it in (5, 10):
                     f.write(json.dumps({"iter": it, **metrics}) + "\n")
+            if run.label in ("Mask R-CNN masks", "Mask R-CNN P10"):  # as gt_box_iou caches it
+                with open(os.path.join(run.folder, "gt_box_iou.json"), "w") as f:
+                    json.dump({"mean_iou": 50.0 + k + run.seed, "iou75": 1.0}, f)
     report_path = str(tmp_path / "report" / "report.md")
     text = experiments.write_report(report_path, plan, {}, data, args, "python -m pointsup.experiments ...", 1.0)
     for study in experiments.STUDIES:
@@ -133,6 +142,12 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
     mean, std = experiments.mean_std([a / b for a, b in zip(p10, masks)])
     assert rows["Mask R-CNN P10"][5] == f"{mean:.2f} ± {std:.2f}"
     assert rows["Mask R-CNN masks"][1] == experiments.fmt(*experiments.mean_std(masks))
+    # the IoU columns pair seeds the same way; runs without a measurement (no weights here) show n/a
+    iou_masks = [50.0 + k + r.seed for k, r in enumerate(runs) if r.label == "Mask R-CNN masks"]
+    iou_p10 = [50.0 + k + r.seed for k, r in enumerate(runs) if r.label == "Mask R-CNN P10"]
+    assert rows["Mask R-CNN P10"][7] == experiments.fmt(*experiments.mean_std(iou_p10))
+    assert rows["Mask R-CNN P10"][8] == experiments.fmt(*experiments.mean_std([a / b for a, b in zip(iou_p10, iou_masks)]), digits=2)
+    assert rows["CondInst P10+aug"][7] == "n/a" and rows["CondInst P10+aug"][8] == "n/a"
     assert "Implicit PointRend P10+aug − PointRend P10+aug" in text
     assert "annotation hours" in text
     # schedule: per seed masks then P10 (k = 0, 1 for seed 0; 2, 3 for seed 1), every evaluation
@@ -176,34 +191,24 @@ def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
     assert math.isnan(check_stability.loss_rise(str(tmp_path / "no_log")))
 
 
-def test_gt_box_mask_iou_scores_masks_and_pairs_seeds():
+def test_gt_box_mask_ious_scores_masks_against_the_gt_and_the_box_baseline():
     import numpy as np
     import pycocotools.mask as mask_util
 
-    gt_box_mask_iou = _load_script("gt_box_mask_iou")
+    from pointsup.evaluation import gt_box_mask_ious
+
     # One 20 x 40 image; the object is the left half of its box (x 10..30, y 0..10 of a 20 x 10 box).
     ground_truth = {"images": [{"id": 1, "height": 20, "width": 40}], "annotations": [
         {"id": 7, "image_id": 1, "bbox": [10, 0, 20, 10], "iscrowd": 0, "segmentation": [[10, 0, 20, 0, 20, 10, 10, 10]]},
         {"id": 8, "image_id": 1, "bbox": [0, 0, 40, 20], "iscrowd": 1, "segmentation": [[0, 0, 40, 0, 40, 20, 0, 20]]}]}
-    box_ious = gt_box_mask_iou.instance_ious(None, ground_truth)  # the crowd annotation is left out
-    assert box_ious.tolist() == pytest.approx([0.5])
+    assert gt_box_mask_ious(None, ground_truth).tolist() == pytest.approx([0.5])  # the crowd annotation is left out
     # a prediction of the right half of the box misses the object entirely; the left half is exact
     for x0, expected in ((20, 0.0), (10, 1.0)):
         mask = np.zeros((20, 40), np.uint8)
         mask[0:10, x0:x0 + 10] = 1
         rle = mask_util.encode(np.asfortranarray(mask))
         predicted = {"annotations": [{"id": 7, "segmentation": {"size": [20, 40], "counts": rle["counts"].decode("ascii")}}]}
-        assert gt_box_mask_iou.instance_ious(predicted, ground_truth).tolist() == pytest.approx([expected])
-
-    assert gt_box_mask_iou.reference_label("Mask_R-CNN_P10+aug") == "Mask_R-CNN_masks"
-    run = {"iou75": 50.0, "segm": 1.0, "bbox": 1.0}
-    results = {"Mask_R-CNN_P10": {0: {**run, "miou": 60.0}, 1: {**run, "miou": 90.0}, 2: {**run, "miou": 70.0}},
-               "Mask_R-CNN_masks": {0: {**run, "miou": 80.0}, 1: {**run, "miou": 90.0}}}  # seed 2 unfinished
-    rows = gt_box_mask_iou.iou_table(results, np.array([0.5])).splitlines()
-    assert rows[2].startswith("| GT box as the mask (no model) | 50.0 |")
-    # ratio paired by seed over the seeds both rows finished: 60/80, 90/90 -> 0.875 ± 0.177
-    assert rows[3].startswith("| Mask R-CNN P10 | 73.3 ± 15.3 | 60.0 / 90.0 / 70.0 | 0.88 ± 0.18 | 50.0 ± 0.0 | 1.00 ± 0.00 |")
-    assert rows[4].startswith("| Mask R-CNN masks | 85.0 ± 7.1 | 80.0 / 90.0 |  |")
+        assert gt_box_mask_ious(predicted, ground_truth).tolist() == pytest.approx([expected])
 
 
 def _plan(tmp_path, studies: list[str], extra: list[str] = ()):
