@@ -590,8 +590,9 @@ def claims(study: str, rows: list[dict]) -> list[str]:
 
 def gt_iou_findings(study: str, rows: list[dict]) -> list[str]:
     """The study's comparisons again on the mask IoU in GT boxes (`gt_box_iou`; R-CNN rows),
-    where the detector's seed-to-seed noise is out: a difference counts when it exceeds the
-    larger of the two stds, as for AP."""
+    where the detector's seed-to-seed noise is out. A difference is called resolved when it is
+    at least 3x the larger of the two stds (with 3 seeds each, a Welch t of about 4 or more);
+    the AP claims keep the issue's weaker "exceeds the larger std"."""
     iou = {r["label"]: mean_std(finite(r["gt_iou"])) for r in rows if finite(r["gt_iou"])}
     by = {r["label"]: r for r in rows}
     out = []
@@ -600,8 +601,9 @@ def gt_iou_findings(study: str, rows: list[dict]) -> list[str]:
         if a in iou and b in iou:
             (mean_a, std_a), (mean_b, std_b) = iou[a], iou[b]
             noise = max(std_a, std_b)
+            times = abs(mean_a - mean_b) / noise if noise > 0 else math.inf
             verdict = ("one seed: no std" if math.isnan(noise) else
-                       "exceeds the larger std" if abs(mean_a - mean_b) > noise else "within the larger std")
+                       f"{times:.1f}x the larger std: " + ("resolved" if times >= 3 else "not resolved"))
             out.append(f"- mask IoU in GT boxes, {a} − {b}: {mean_a - mean_b:+.1f} ({fmt(mean_a, std_a)} vs "
                        f"{fmt(mean_b, std_b)}; {verdict}; paper: {paper})")
 
