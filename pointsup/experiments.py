@@ -457,8 +457,9 @@ STUDIES = ("supervision", "num_points", "noise", "point_seeds", "point_aug_k", "
 # Results, report, plots
 # ---------------------------------------------------------------------------------------
 
-def summarize(runs: list[Run], statuses: dict[str, dict]) -> list[dict]:
-    """One row per label: AP statistics over the seeds that finished, failures listed."""
+def summarize(runs: list[Run], statuses: dict[str, dict], measure_gt_iou: bool = True) -> list[dict]:
+    """One row per label: AP statistics over the seeds that finished, failures listed;
+    `measure_gt_iou=False` reads only the GT-box IoUs already cached (`gt_box_iou`)."""
     rows: dict[str, dict] = {}
     for run in runs:
         row = rows.setdefault(run.label, {"label": run.label, "x": run.x, "group": run.group, "segm": [], "bbox": [],
@@ -474,7 +475,7 @@ def summarize(runs: list[Run], statuses: dict[str, dict]) -> list[dict]:
         row["AP50"].append(segm.get("AP50", math.nan))
         row["AP75"].append(segm.get("AP75", math.nan))
         row["bbox"].append(metrics["bbox"]["AP"])
-        row["gt_iou"].append((gt_box_iou(run) or {}).get("mean_iou", math.nan))
+        row["gt_iou"].append((gt_box_iou(run, measure_gt_iou) or {}).get("mean_iou", math.nan))
         row["seeds"].append(run.seed)
         for it, ap in eval_curve(run).items():  # mask AP of each logged evaluation, by iteration
             row["curve"].setdefault(it, []).append(ap)
@@ -679,19 +680,21 @@ def eval_curve(run: Run) -> dict[int, float]:
             if isinstance(record.get("segm"), dict)}
 
 
-def gt_box_iou(run: Run) -> dict | None:
+def gt_box_iou(run: Run, measure: bool = True) -> dict | None:
     """Mask quality given the box of a finished R-CNN run: its model predicts a mask in every
     GT box of its val set and {"mean_iou", "iou75"} (%, the mean IoU with the GT masks and the
     share of instances at IoU >= 0.75; `pointsup.evaluation.gt_box_mask_ious`) are cached in
-    the run's gt_box_iou.json. None for CondInst (it segments its own detections only) and
-    for a run without its final weights. With the detector out of the loop this measures the
-    masks alone, with far less seed-to-seed spread than mask AP (docs/experiments)."""
+    the run's gt_box_iou.json. None for CondInst (it segments its own detections only), for a
+    run without its final weights, and when not cached and `measure` is False. The model
+    runs on the run's configured device (cfg.device; "" = a GPU when there is one). With the
+    detector out of the loop this measures the masks alone, with far less seed-to-seed spread
+    than mask AP (docs/experiments)."""
     path = os.path.join(run.folder, "gt_box_iou.json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
     config, weights = os.path.join(run.folder, "config.yaml"), os.path.join(run.folder, "model_final.pth")
-    if run_finished(run) is None or not (os.path.exists(config) and os.path.exists(weights)):
+    if not measure or run_finished(run) is None or not (os.path.exists(config) and os.path.exists(weights)):
         return None
     import torch
 
@@ -700,16 +703,18 @@ def gt_box_iou(run: Run) -> dict | None:
     from pointsup.evaluation import gt_box_mask_ious
     from pointsup.predictor import load_model_for_inference
     from pointsup.self_training import pseudo_label_coco
+    from pointsup.utils.distributed import resolve_device
 
     cfg = load_config(config)
     if cfg.model.meta_architecture != "rcnn" or not cfg.data.val_json:
         return None
     print(f"[experiments] mask IoU in GT boxes: {run.key()}", flush=True)
-    model, _ = load_model_for_inference(cfg, weights, torch.device("cpu"))
+    device = resolve_device(cfg.device)
+    model, _ = load_model_for_inference(cfg, weights, device)
     ground_truth = load_coco_json(cfg.data.val_json)
     with torch.inference_mode():
-        ious = gt_box_mask_ious(pseudo_label_coco(model, ground_truth, cfg.data.val_images, cfg, progress=False),
-                                ground_truth)
+        predicted = pseudo_label_coco(model, ground_truth, cfg.data.val_images, cfg, device, progress=False)
+    ious = gt_box_mask_ious(predicted, ground_truth)
     result = {"mean_iou": 100 * float(ious.mean()), "iou75": 100 * float((ious >= 0.75).mean()),
               "instances": len(ious), "val_json": cfg.data.val_json}
     atomic_write_json(path, result)
@@ -746,7 +751,7 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
              f"- harness wall time this invocation: {wall_s / 60:.1f} min (finished runs are read, not retrained)",
              f"- mask IoU in GT boxes of the filled GT box itself (no model; what a mask has to beat): {box_iou:.1f}", ""]
     for study, runs in plan.items():
-        rows = summarize(runs, statuses)
+        rows = summarize(runs, statuses, args.gt_box_iou)
         reference = {
             "supervision": lambda r: r["label"].rsplit(" ", 1)[0] + " masks" if r["group"] != "masks" else None,
             "self_training": lambda r: "P10" if r["group"] != "P10" else None,
@@ -809,6 +814,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the runs that finished, train nothing (unfinished runs are listed)")
+    parser.add_argument("--no-gt-box-iou", dest="gt_box_iou", action="store_false",
+                        help="skip the report's mask IoU in GT boxes (one inference pass over the val set per R-CNN "
+                             "run, on the runs' configured device, cached in the run folder)")
     group = parser.add_argument_group("data (default: the built-in synthetic data set)")
     group.add_argument("--train-json", default="", help="COCO JSON with masks for training")
     group.add_argument("--train-images", default="", help="image folder of --train-json")

@@ -87,6 +87,12 @@ def test_harness_runs_a_study_reports_mean_std_and_resumes(tmp_path, one_thread)
     assert open(os.path.join(folders[0], "log.txt")).read() != logs[folders[0]]
     assert all(open(os.path.join(f, "log.txt")).read() == logs[f] for f in folders[1:])
 
+    # --no-gt-box-iou reads the cached IoUs only: a run without one shows n/a, nothing is measured
+    os.remove(os.path.join(folders[1], "gt_box_iou.json"))
+    report = open(experiments.main([*argv, "--report-only", "--no-gt-box-iou"])).read()
+    assert not os.path.exists(os.path.join(folders[1], "gt_box_iou.json"))
+    assert "(one seed)" in "".join(row[7] for row in _table_rows(report).values())
+
 
 def test_dry_run_lists_every_study(tmp_path, capsys):
     data = generate_synthetic_dataset(str(tmp_path / "data"), num_train=6, num_val=2, image_size=64, seed=0)
