@@ -40,19 +40,20 @@ CONFIGS = [
 
 
 def loss_rise(folder: str) -> float:
-    """The largest logged total loss over the first one (each a mean over `log_period`
-    iterations): ~1 or below when the loss only fell; a run that nearly diverged shows a
-    spike here even if it recovered before the divergence stop fired. NaN without a log."""
+    """The largest logged total loss after the first, over the first (each a mean over
+    `log_period` iterations): below 1 when the loss never came back to its starting level; a
+    run that nearly diverged shows a spike here even if it recovered before the divergence
+    stop fired. NaN with fewer than two logged losses."""
     path = os.path.join(folder, "metrics.jsonl")
     losses = [r["total_loss"] for r in read_jsonl(path) if "total_loss" in r] if os.path.exists(path) else []
-    return max(losses) / losses[0] if losses else math.nan
+    return max(losses[1:]) / losses[0] if len(losses) > 1 else math.nan
 
 
 def stability_table(runs: list, statuses: dict[str, dict], num_seeds: int) -> str:
     """Markdown: per variant and config, the seeds that trained to the end, their mask AP
     (a run that finishes but learns nothing is not "stable"), the largest loss rise among
     them (`loss_rise`) and the other seeds' errors."""
-    lines = [f"| variant | config | seeds finished (of {num_seeds}) | mask AP | largest loss / first loss | errors |",
+    lines = [f"| variant | config | seeds finished (of {num_seeds}) | mask AP | largest later loss / first loss | errors |",
              "|---|---|---|---|---|---|"]
     for label in dict.fromkeys(run.label for run in runs):
         mine = [run for run in runs if run.label == label]
