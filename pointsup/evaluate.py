@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on the validation set:
 
-    python -m pointsup.evaluate --weights W [--config C] [--set key=value ...]
+    python -m pointsup.evaluate --weights W [--config C] [--set key=value ...] [--gt-box-iou]
     torchrun --nproc_per_node=8 -m pointsup.evaluate --weights W [--config C]
 
 or from Python, `pointsup.evaluate("output/model_final.pth")` (this module is callable:
@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 from pointsup.config import Config
-from pointsup.evaluation import evaluate_coco, format_metrics
+from pointsup.evaluation import evaluate_coco, format_metrics, gt_box_mask_quality
 from pointsup.utils import distributed as dist_utils
 from pointsup.utils.callable_module import make_callable
 from pointsup.utils.io import atomic_write_json
@@ -34,13 +34,15 @@ def eval_output_path(output_dir: str, weights: str) -> str:
 
 
 def evaluate(weights: str, cfg: Config | str | None = None, overrides: list[str] | tuple[str, ...] = (),
-             output_dir: str | None = None) -> dict[str, Any]:
+             output_dir: str | None = None, gt_box_iou: bool = False) -> dict[str, Any]:
     """COCO box and mask AP of the checkpoint `weights` on its validation set.
 
     cfg: None = the config stored in the checkpoint; or a Config / YAML path. `overrides`
     ("a.b=value") go on top. Writes eval_<weights name>.json into `output_dir` (default:
     cfg.output_dir) and returns {"bbox": {"AP", ...}, "segm": {...}} (AP in percent) on
-    rank 0, {} on the other ranks of a torchrun launch.
+    rank 0, {} on the other ranks of a torchrun launch. `gt_box_iou=True` adds
+    "gt_box_iou": the masks the model predicts inside the GT boxes against the GT masks
+    (`pointsup.evaluation.gt_box_mask_quality`; R-CNN models; rank 0 runs it alone).
     """
     from pointsup.checkpoint import load_checkpoint
     from pointsup.data.coco import CocoInstanceDataset
@@ -62,6 +64,10 @@ def evaluate(weights: str, cfg: Config | str | None = None, overrides: list[str]
             cfg.model.num_classes = dataset.num_classes
         model, _, _ = load_model_and_categories(cfg, state, device)
         metrics = evaluate_coco(model, dataset, device=device, num_workers=cfg.data.num_workers)
+        if gt_box_iou and dist_utils.is_main_process():
+            if cfg.model.meta_architecture != "rcnn":
+                raise ValueError("--gt-box-iou needs an R-CNN model (CondInst segments only its own detections)")
+            metrics["gt_box_iou"] = gt_box_mask_quality(model, paths.val_json, paths.val_images, cfg, device)
         if dist_utils.is_main_process():
             path = eval_output_path(cfg.output_dir, weights)
             atomic_write_json(path, {**metrics, "weights": os.path.abspath(weights)}, indent=2)
@@ -81,12 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where eval_<weights name>.json goes; None = the config's output_dir")
     parser.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
                         help="config overrides, e.g. data.val_json=other.json")
+    parser.add_argument("--gt-box-iou", action="store_true",
+                        help="also the masks predicted inside the GT boxes vs the GT masks (mean IoU and share at "
+                             "IoU >= 0.75, in %%): mask quality without the detector; R-CNN models")
     return parser
 
 
 def cli(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    metrics = evaluate(args.weights, args.config, args.set, args.output_dir)
+    metrics = evaluate(args.weights, args.config, args.set, args.output_dir, args.gt_box_iou)
     if metrics:  # rank 0
         print(format_metrics(metrics))
         print(json.dumps(metrics))

@@ -30,7 +30,9 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pointsup.data.coco import decode_segmentation
+from pointsup.config import Config
+from pointsup.data.coco import decode_segmentation, load_coco_json
+from pointsup.self_training import pseudo_label_coco
 from pointsup.utils import distributed as dist_utils
 
 # COCOeval.stats order (after summarize()).
@@ -170,3 +172,15 @@ def gt_box_mask_ious(predicted: dict | None, ground_truth: dict) -> np.ndarray:
             other = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
         ious.append(float(mask_util.iou([other], [gt_rle], [0])[0, 0]))
     return np.asarray(ious, dtype=np.float64)
+
+
+def gt_box_mask_quality(model: nn.Module, val_json: str, val_images: str, cfg: Config,
+                        device: torch.device | str = "cpu") -> dict[str, float]:
+    """The masks an R-CNN `model` predicts inside the GT boxes of `val_json`, against the GT
+    masks: {"mean_iou", "iou75", "instances"} (mean IoU and the share of instances at IoU
+    >= 0.75, in percent)."""
+    ground_truth = load_coco_json(val_json)
+    with torch.inference_mode():
+        predicted = pseudo_label_coco(model, ground_truth, val_images, cfg, device, progress=False)
+    ious = gt_box_mask_ious(predicted, ground_truth)
+    return {"mean_iou": 100 * float(ious.mean()), "iou75": 100 * float((ious >= 0.75).mean()), "instances": float(len(ious))}

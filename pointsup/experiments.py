@@ -682,8 +682,8 @@ def eval_curve(run: Run) -> dict[int, float]:
 
 def gt_box_iou(run: Run, measure: bool = True) -> dict | None:
     """Mask quality given the box of a finished R-CNN run: its model predicts a mask in every
-    GT box of its val set and {"mean_iou", "iou75"} (%, the mean IoU with the GT masks and the
-    share of instances at IoU >= 0.75; `pointsup.evaluation.gt_box_mask_ious`) are cached in
+    GT box of its val set and `pointsup.evaluation.gt_box_mask_quality` ({"mean_iou", "iou75"}
+    in %: the mean IoU with the GT masks, the share of instances at IoU >= 0.75) is cached in
     the run's gt_box_iou.json. None for CondInst (it segments its own detections only), for a
     run without its final weights, and when not cached and `measure` is False. The model
     runs on the run's configured device (cfg.device; "" = a GPU when there is one). With the
@@ -696,13 +696,9 @@ def gt_box_iou(run: Run, measure: bool = True) -> dict | None:
     config, weights = os.path.join(run.folder, "config.yaml"), os.path.join(run.folder, "model_final.pth")
     if not measure or run_finished(run) is None or not (os.path.exists(config) and os.path.exists(weights)):
         return None
-    import torch
-
     from pointsup.config import load_config
-    from pointsup.data.coco import load_coco_json
-    from pointsup.evaluation import gt_box_mask_ious
+    from pointsup.evaluation import gt_box_mask_quality
     from pointsup.predictor import load_model_for_inference
-    from pointsup.self_training import pseudo_label_coco
     from pointsup.utils.distributed import resolve_device
 
     cfg = load_config(config)
@@ -711,12 +707,8 @@ def gt_box_iou(run: Run, measure: bool = True) -> dict | None:
     print(f"[experiments] mask IoU in GT boxes: {run.key()}", flush=True)
     device = resolve_device(cfg.device)
     model, _ = load_model_for_inference(cfg, weights, device)
-    ground_truth = load_coco_json(cfg.data.val_json)
-    with torch.inference_mode():
-        predicted = pseudo_label_coco(model, ground_truth, cfg.data.val_images, cfg, device, progress=False)
-    ious = gt_box_mask_ious(predicted, ground_truth)
-    result = {"mean_iou": 100 * float(ious.mean()), "iou75": 100 * float((ious >= 0.75).mean()),
-              "instances": len(ious), "val_json": cfg.data.val_json}
+    result = {**gt_box_mask_quality(model, cfg.data.val_json, cfg.data.val_images, cfg, device),
+              "val_json": cfg.data.val_json}
     atomic_write_json(path, result)
     return result
 

@@ -171,6 +171,19 @@ def test_evaluate_reproduces_the_runs_final_metrics(run, tmp_path):
         assert json.load(f)["segm"] == metrics["segm"]
 
 
+def test_evaluate_measures_the_masks_inside_the_gt_boxes(run, tmp_path):
+    metrics = pointsup.evaluate(run["weights"], output_dir=str(tmp_path), gt_box_iou=True)
+    quality = metrics["gt_box_iou"]
+    with open(run["val_json"]) as f:
+        annotations = json.load(f)["annotations"]
+    valid = [a for a in annotations if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    assert quality["instances"] == len(valid) > 0  # one mask per GT box, whatever the detector finds
+    assert 0.0 < quality["mean_iou"] <= 100.0 and 0.0 <= quality["iou75"] <= 100.0
+    assert metrics["segm"] == run["metrics"]["segm"]  # the AP part is the same evaluation
+    with open(tmp_path / "eval_model_final.json") as f:
+        assert json.load(f)["gt_box_iou"] == quality
+
+
 def test_explicit_config_replaces_the_stored_one(run, val_set, tmp_path):
     state = torch.load(run["weights"], weights_only=True)
     bare = str(tmp_path / "bare.pth")
