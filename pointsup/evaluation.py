@@ -10,9 +10,11 @@ In DDP every rank runs a shard of the images (rank r takes images r, r + W, ...)
 results are gathered on rank 0, which runs COCOeval and returns the metrics; the other
 ranks return an empty dict.
 
-`gt_box_mask_ious` measures the mask alone: an R-CNN model's mask for every GT box (no
-detector in the loop; `pointsup.self_training.pseudo_label_coco` predicts them) against the
-GT mask, by IoU. Mask AP mixes finding an object with segmenting it; this separates them.
+Mask AP mixes finding an object with segmenting it. Two measures separate them, for R-CNN
+models: `gt_box_mask_ious` scores a model's mask for every GT box (no detector in the loop;
+`pointsup.self_training.pseudo_label_coco` predicts them) by IoU with the GT mask, and
+`mask_ap_on_detections` is the mask AP of one model's masks on another model's detections
+(same boxes, classes and scores), so two mask heads can be compared with one detector.
 """
 
 from __future__ import annotations
@@ -184,3 +186,28 @@ def gt_box_mask_quality(model: nn.Module, val_json: str, val_images: str, cfg: C
         predicted = pseudo_label_coco(model, ground_truth, val_images, cfg, device, progress=False)
     ious = gt_box_mask_ious(predicted, ground_truth)
     return {"mean_iou": 100 * float(ious.mean()), "iou75": 100 * float((ious >= 0.75).mean()), "instances": float(len(ious))}
+
+
+def mask_ap_on_detections(mask_model: nn.Module, detector: nn.Module, dataset: Dataset,
+                          device: torch.device | str = "cpu") -> dict[str, float]:
+    """COCO mask AP of `mask_model`'s masks for `detector`'s detections on `dataset` (both
+    R-CNN models on the same inputs): the detector's boxes, classes and scores, each box's
+    mask from `mask_model` (its own backbone features, `predict_masks_for_boxes`), pasted
+    as the model pastes its own. Single process; returns the "segm" metrics."""
+    from pointsup.inference import predict_dataset, predict_masks_for_boxes
+    from pointsup.models.postprocess import rescale_detections
+
+    device = torch.device(device)
+    results = []
+    for batch, detections in predict_dataset(detector, dataset, device, range(len(dataset)), original_frame=False):
+        for i, detection in enumerate(detections):
+            (h, w), image_id = batch.image_sizes[i], batch.image_ids[i]
+            boxes_xyxy, classes = detection["pred_boxes"], detection["pred_classes"]  # (D, 4) resized frame, (D,)
+            probs = predict_masks_for_boxes(mask_model, batch.images[i, :, :h, :w], boxes_xyxy, classes)  # (D, S, S)
+            prediction = rescale_detections(
+                {"pred_boxes": boxes_xyxy, "pred_scores": detection["pred_scores"], "pred_classes": classes,
+                 "pred_mask_probs": probs}, (h, w), batch.orig_sizes[i], mask_model.mask_threshold, mask_model.mask_paste)
+            results += instances_to_coco_results(prediction, image_id, dataset.contiguous_to_category_id)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(dataset.json_path)
+    return coco_eval(coco_gt, results, "segm", list(dataset.image_ids))

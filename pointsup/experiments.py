@@ -713,6 +713,67 @@ def gt_box_iou(run: Run, measure: bool = True) -> dict | None:
     return result
 
 
+def mask_ap_on_reference_detections(run: Run, detector_run: Run, measure: bool = True) -> float | None:
+    """Mask AP of `run`'s masks on `detector_run`'s detections (`pointsup.evaluation.
+    mask_ap_on_detections`: the same boxes, classes and scores for both mask heads), cached in
+    the run's mask_ap_on_detections.json by the detector's folder. None unless both are
+    finished R-CNN runs with final weights, or when not cached and `measure` is False."""
+    path = os.path.join(run.folder, "mask_ap_on_detections.json")
+    detector_key = os.path.realpath(detector_run.folder)
+    cached = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+    if detector_key in cached or not measure:
+        return cached.get(detector_key)
+    folders = [run.folder, detector_run.folder]
+    if any(finished_metrics(f) is None or not os.path.exists(os.path.join(f, "model_final.pth")) for f in folders):
+        return None
+    from pointsup.config import load_config
+    from pointsup.data.coco import CocoInstanceDataset
+    from pointsup.data.transforms import build_test_transforms
+    from pointsup.evaluation import mask_ap_on_detections
+    from pointsup.predictor import load_model_for_inference
+    from pointsup.utils.distributed import resolve_device
+
+    cfgs = [load_config(os.path.join(f, "config.yaml")) for f in folders]
+    if any(cfg.model.meta_architecture != "rcnn" for cfg in cfgs):
+        return None
+    print(f"[experiments] mask AP on the detections of {detector_run.key()}: {run.key()}", flush=True)
+    device = resolve_device(cfgs[0].device)
+    mask_model, detector = (load_model_for_inference(cfg, os.path.join(f, "model_final.pth"), device)[0]
+                            for cfg, f in zip(cfgs, folders))
+    data = cfgs[0].data
+    dataset = CocoInstanceDataset(data.val_json, data.val_images, transforms=build_test_transforms(data),
+                                  use_masks=False, use_points=False)
+    cached[detector_key] = mask_ap_on_detections(mask_model, detector, dataset, device)["AP"]
+    atomic_write_json(path, cached)
+    return cached[detector_key]
+
+
+def same_detector_table(runs: list[Run], reference: Callable[[dict], str | None], measure: bool) -> list[str]:
+    """Supervision study: every point-supervised R-CNN row's mask AP on the detections of the
+    same model trained with masks (same seed), next to that model's own mask AP: the ratio
+    of two mask heads with one detector (paired by seed)."""
+    by_key = {(run.label, run.seed): run for run in runs}
+    lines = ["| run | mask AP on the masks model's detections | ratio to masks (same detector) | seeds |",
+             "|---|---|---|---|"]
+    for label in dict.fromkeys(run.label for run in runs):
+        ref = reference({"label": label, "group": next(r.group for r in runs if r.label == label)})
+        values, ratios = [], []
+        for seed in sorted({run.seed for run in runs if run.label == label}):
+            masks_run = by_key.get((ref, seed)) if ref else None
+            if masks_run is None or finished_metrics(masks_run.folder) is None:
+                continue
+            value = mask_ap_on_reference_detections(by_key[(label, seed)], masks_run, measure)
+            if value is not None:
+                values.append(value)
+                ratios.append(value / finished_metrics(masks_run.folder)["segm"]["AP"])
+        if values:
+            lines.append(f"| {label} | {fmt(*mean_std(values))} | {fmt(*mean_std(ratios), digits=2)} | {len(values)} |")
+    return lines if len(lines) > 2 else []
+
+
 def git_commit() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
@@ -743,7 +804,7 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
              f"- harness wall time this invocation: {wall_s / 60:.1f} min (finished runs are read, not retrained)",
              f"- mask IoU in GT boxes of the filled GT box itself (no model; what a mask has to beat): {box_iou:.1f}", ""]
     for study, runs in plan.items():
-        rows = summarize(runs, statuses, args.gt_box_iou)
+        rows = summarize(runs, statuses, args.mask_diagnostics)
         reference = {
             "supervision": lambda r: r["label"].rsplit(" ", 1)[0] + " masks" if r["group"] != "masks" else None,
             "self_training": lambda r: "P10" if r["group"] != "P10" else None,
@@ -762,6 +823,12 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
             lines += ["", "Read from an identical run of another study (same resolved config and seed; its time "
                       "is counted there): " + "; ".join(reused) + "."]
         lines += [""] + claims(study, rows) + gt_iou_findings(study, rows)
+        same_detector = same_detector_table(runs, reference, args.mask_diagnostics) if study == "supervision" else []
+        if same_detector:
+            lines += ["", "The same mask heads on one detector: each point-supervised R-CNN run's masks for the "
+                      "detections (boxes, classes, scores) of the same model trained with masks, same seed; its "
+                      "mask AP over that model's own (`pointsup.evaluation.mask_ap_on_detections`).", ""]
+            lines += same_detector
         if study == "budget":
             lines += ["", "x = annotation hours of each training subset at the paper's per-instance times: masks "
                       f"{seconds_per_instance('masks'):.1f} s, P10 {seconds_per_instance('points'):.1f} s, boxes "
@@ -806,9 +873,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the runs that finished, train nothing (unfinished runs are listed)")
-    parser.add_argument("--no-gt-box-iou", dest="gt_box_iou", action="store_false",
-                        help="skip the report's mask IoU in GT boxes (one inference pass over the val set per R-CNN "
-                             "run, on the runs' configured device, cached in the run folder)")
+    parser.add_argument("--no-mask-diagnostics", dest="mask_diagnostics", action="store_false",
+                        help="do not measure the report's mask diagnostics (mask IoU in GT boxes; supervision: mask AP "
+                             "on the masks model's detections): inference passes over the val set per R-CNN run, on the "
+                             "runs' configured device, cached in the run folders (cached values are still read)")
     group = parser.add_argument_group("data (default: the built-in synthetic data set)")
     group.add_argument("--train-json", default="", help="COCO JSON with masks for training")
     group.add_argument("--train-images", default="", help="image folder of --train-json")

@@ -87,9 +87,9 @@ def test_harness_runs_a_study_reports_mean_std_and_resumes(tmp_path, one_thread)
     assert open(os.path.join(folders[0], "log.txt")).read() != logs[folders[0]]
     assert all(open(os.path.join(f, "log.txt")).read() == logs[f] for f in folders[1:])
 
-    # --no-gt-box-iou reads the cached IoUs only: a run without one shows n/a, nothing is measured
+    # --no-mask-diagnostics reads the cached IoUs only: a run without one shows n/a, nothing is measured
     os.remove(os.path.join(folders[1], "gt_box_iou.json"))
-    report = open(experiments.main([*argv, "--report-only", "--no-gt-box-iou"])).read()
+    report = open(experiments.main([*argv, "--report-only", "--no-mask-diagnostics"])).read()
     assert not os.path.exists(os.path.join(folders[1], "gt_box_iou.json"))
     assert "(one seed)" in "".join(row[7] for row in _table_rows(report).values())
 
@@ -135,6 +135,12 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
             if run.label in ("Mask R-CNN masks", "Mask R-CNN P10"):  # as gt_box_iou caches it
                 with open(os.path.join(run.folder, "gt_box_iou.json"), "w") as f:
                     json.dump({"mean_iou": 50.0 + k + run.seed, "iou75": 1.0}, f)
+    # as mask_ap_on_reference_detections caches it: P10's masks on the masks run's detections, AP 8 + seed
+    for run in plan["supervision"]:
+        if run.label == "Mask R-CNN P10":
+            (masks_run,) = [r for r in plan["supervision"] if r.label == "Mask R-CNN masks" and r.seed == run.seed]
+            with open(os.path.join(run.folder, "mask_ap_on_detections.json"), "w") as f:
+                json.dump({os.path.realpath(masks_run.folder): 8.0 + run.seed}, f)
     report_path = str(tmp_path / "report" / "report.md")
     text = experiments.write_report(report_path, plan, {}, data, args, "python -m pointsup.experiments ...", 1.0)
     for study in experiments.STUDIES:
@@ -154,6 +160,12 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
     assert rows["Mask R-CNN P10"][7] == experiments.fmt(*experiments.mean_std(iou_p10))
     assert rows["Mask R-CNN P10"][8] == experiments.fmt(*experiments.mean_std([a / b for a, b in zip(iou_p10, iou_masks)]), digits=2)
     assert rows["CondInst P10+aug"][7] == "n/a" and rows["CondInst P10+aug"][8] == "n/a"
+    # same detector: AP 8, 9 over the masks runs' own AP (seeds paired); rows without a measurement are left out
+    same = [line for line in text.splitlines() if line.startswith("| Mask R-CNN P10 |") and line.count("|") == 5]
+    ratios = [(8.0 + seed) / ap for seed, ap in enumerate(masks)]
+    assert same == [f"| Mask R-CNN P10 | 8.5 ± 0.7 | {experiments.fmt(*experiments.mean_std(ratios), digits=2)} | 2 |"]
+    assert "mask AP on the masks model's detections" in text and "| PointRend P10+aug | " not in "".join(
+        line for line in text.splitlines() if line.count("|") == 5)
     assert "Implicit PointRend P10+aug − PointRend P10+aug" in text
     assert "annotation hours" in text
     # schedule: per seed masks then P10 (k = 0, 1 for seed 0; 2, 3 for seed 1), every evaluation

@@ -184,6 +184,15 @@ def test_evaluate_measures_the_masks_inside_the_gt_boxes(run, tmp_path):
         assert json.load(f)["gt_box_iou"] == quality
 
 
+def test_masks_on_the_models_own_detections_score_its_own_mask_ap(run, val_set):
+    """mask_ap_on_detections(model, model) takes the path of two models (the detector's
+    boxes, then each box's mask from the mask model) and must land on the model's own AP."""
+    from pointsup.evaluation import evaluate_coco, mask_ap_on_detections
+
+    model = pointsup.Predictor(run["weights"], score_thresh=0.0).model
+    assert mask_ap_on_detections(model, model, val_set) == evaluate_coco(model, val_set)["segm"]
+
+
 def test_explicit_config_replaces_the_stored_one(run, val_set, tmp_path):
     state = torch.load(run["weights"], weights_only=True)
     bare = str(tmp_path / "bare.pth")
