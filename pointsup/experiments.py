@@ -774,6 +774,28 @@ def same_detector_table(runs: list[Run], reference: Callable[[dict], str | None]
     return lines if len(lines) > 2 else []
 
 
+def implicit_vs_pointrend_on_one_detector(runs: list[Run], measure: bool) -> list[str]:
+    """The paper's Implicit PointRend vs PointRend claim (both P10+aug) with the detector held
+    fixed: both mask heads on the detections of PointRend trained with masks, seed by seed."""
+    by_key = {(run.label, run.seed): run for run in runs}
+    differences = []
+    for seed in sorted({run.seed for run in runs}):
+        detector = by_key.get(("PointRend masks", seed))
+        heads = [by_key.get((f"{name} P10+aug", seed)) for name in ("Implicit PointRend", "PointRend")]
+        if detector is None or None in heads:
+            continue
+        implicit, pointrend = (mask_ap_on_reference_detections(head, detector, measure) for head in heads)
+        if implicit is not None and pointrend is not None:
+            differences.append(implicit - pointrend)
+    if not differences:
+        return []
+    mean, std = mean_std(differences)
+    return ["", f"- Implicit PointRend P10+aug − PointRend P10+aug, both on the detections of PointRend masks (same "
+                f"seed): {fmt(mean, std)} mask AP per seed ({', '.join(f'{d:+.1f}' for d in differences)}; paper "
+                "+1.2)" + ("" if math.isnan(std) else ": " + ("a difference beyond the std" if abs(mean) > std
+                                                           else "within the seeds' std"))]
+
+
 def git_commit() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
@@ -828,7 +850,7 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
             lines += ["", "The same mask heads on one detector: each point-supervised R-CNN run's masks for the "
                       "detections (boxes, classes, scores) of the same model trained with masks, same seed; its "
                       "mask AP over that model's own (`pointsup.evaluation.mask_ap_on_detections`).", ""]
-            lines += same_detector
+            lines += same_detector + implicit_vs_pointrend_on_one_detector(runs, args.mask_diagnostics)
         if study == "budget":
             lines += ["", "x = annotation hours of each training subset at the paper's per-instance times: masks "
                       f"{seconds_per_instance('masks'):.1f} s, P10 {seconds_per_instance('points'):.1f} s, boxes "

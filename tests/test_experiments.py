@@ -141,6 +141,12 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
             (masks_run,) = [r for r in plan["supervision"] if r.label == "Mask R-CNN masks" and r.seed == run.seed]
             with open(os.path.join(run.folder, "mask_ap_on_detections.json"), "w") as f:
                 json.dump({os.path.realpath(masks_run.folder): 8.0 + run.seed}, f)
+        # both point heads on PointRend masks' detections: Implicit 30 + 2 x seed, PointRend 28
+        if run.label in ("Implicit PointRend P10+aug", "PointRend P10+aug"):
+            (detector,) = [r for r in plan["supervision"] if r.label == "PointRend masks" and r.seed == run.seed]
+            with open(os.path.join(run.folder, "mask_ap_on_detections.json"), "w") as f:
+                json.dump({os.path.realpath(detector.folder): 28.0 if run.label == "PointRend P10+aug"
+                           else 30.0 + 2 * run.seed}, f)
     report_path = str(tmp_path / "report" / "report.md")
     text = experiments.write_report(report_path, plan, {}, data, args, "python -m pointsup.experiments ...", 1.0)
     for study in experiments.STUDIES:
@@ -164,8 +170,13 @@ def test_report_of_every_study_from_finished_runs(tmp_path):
     same = [line for line in text.splitlines() if line.startswith("| Mask R-CNN P10 |") and line.count("|") == 5]
     ratios = [(8.0 + seed) / ap for seed, ap in enumerate(masks)]
     assert same == [f"| Mask R-CNN P10 | 8.5 ± 0.7 | {experiments.fmt(*experiments.mean_std(ratios), digits=2)} | 2 |"]
-    assert "mask AP on the masks model's detections" in text and "| PointRend P10+aug | " not in "".join(
-        line for line in text.splitlines() if line.count("|") == 5)
+    assert "mask AP on the masks model's detections" in text
+    small_tables = "".join(line for line in text.splitlines() if line.count("|") == 5)
+    assert "| PointRend P10+aug | 28.0 ± 0.0 |" in small_tables  # measured on its own masks model's detections
+    assert "| Implicit PointRend P10+aug |" not in small_tables  # only on another model's: not in this table
+    # the paired difference of the two heads on one detector: +2, +4
+    assert ("Implicit PointRend P10+aug − PointRend P10+aug, both on the detections of PointRend masks (same seed): "
+            "3.0 ± 1.4 mask AP per seed (+2.0, +4.0; paper +1.2): a difference beyond the std") in text
     assert "Implicit PointRend P10+aug − PointRend P10+aug" in text
     assert "annotation hours" in text
     # schedule: per seed masks then P10 (k = 0, 1 for seed 0; 2, 3 for seed 1), every evaluation
