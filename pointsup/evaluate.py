@@ -53,6 +53,8 @@ def evaluate(weights: str, cfg: Config | str | None = None, overrides: list[str]
     state = load_checkpoint(weights)  # weights_only=True: refuses a file that would run code
     overrides = [*overrides, *([f"output_dir={output_dir}"] if output_dir else [])]
     cfg = config_for_checkpoint(state, weights, cfg, overrides)
+    if gt_box_iou and cfg.model.meta_architecture != "rcnn":  # before the evaluation, not after it
+        raise ValueError("--gt-box-iou needs an R-CNN model (CondInst segments only its own detections)")
     device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_distributed(device)
     try:
@@ -64,11 +66,9 @@ def evaluate(weights: str, cfg: Config | str | None = None, overrides: list[str]
             cfg.model.num_classes = dataset.num_classes
         model, _, _ = load_model_and_categories(cfg, state, device)
         metrics = evaluate_coco(model, dataset, device=device, num_workers=cfg.data.num_workers)
-        if gt_box_iou and dist_utils.is_main_process():
-            if cfg.model.meta_architecture != "rcnn":
-                raise ValueError("--gt-box-iou needs an R-CNN model (CondInst segments only its own detections)")
-            metrics["gt_box_iou"] = gt_box_mask_quality(model, paths.val_json, paths.val_images, cfg, device)
         if dist_utils.is_main_process():
+            if gt_box_iou:
+                metrics["gt_box_iou"] = gt_box_mask_quality(model, paths.val_json, paths.val_images, cfg, device)
             path = eval_output_path(cfg.output_dir, weights)
             atomic_write_json(path, {**metrics, "weights": os.path.abspath(weights)}, indent=2)
             print(f"[pointsup] wrote {path}")

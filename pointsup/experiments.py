@@ -47,11 +47,17 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from pointsup.utils.io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # torch and the models load only when a report measures masks
+    import torch
+    from torch import nn
+
+    from pointsup.config import Config
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # `--config-set coco`: the paper-scale configs (R50-FPN, 3x) that stand for each synthetic one.
@@ -680,6 +686,25 @@ def eval_curve(run: Run) -> dict[int, float]:
             if isinstance(record.get("segm"), dict)}
 
 
+def finished_rcnn_model(folder: str, device_name: str | None = None) -> tuple[Config, nn.Module, torch.device] | None:
+    """(config, model, device) of the finished R-CNN run in `folder` with its final weights
+    and a val set, on the run's configured device (cfg.device, "" = a GPU when there is one)
+    unless `device_name` is given; None for anything else (unfinished, CondInst, no weights)."""
+    config, weights = os.path.join(folder, "config.yaml"), os.path.join(folder, "model_final.pth")
+    if finished_metrics(folder) is None or not (os.path.exists(config) and os.path.exists(weights)):
+        return None
+    from pointsup.config import load_config
+    from pointsup.predictor import load_model_for_inference
+    from pointsup.utils.distributed import resolve_device
+
+    cfg = load_config(config)
+    if cfg.model.meta_architecture != "rcnn" or not cfg.data.val_json:
+        return None
+    device = resolve_device(cfg.device if device_name is None else device_name)
+    model, _ = load_model_for_inference(cfg, weights, device)
+    return cfg, model, device
+
+
 def gt_box_iou(run: Run, measure: bool = True) -> dict | None:
     """Mask quality given the box of a finished R-CNN run: its model predicts a mask in every
     GT box of its val set and `pointsup.evaluation.gt_box_mask_quality` ({"mean_iou", "iou75"}
@@ -693,20 +718,13 @@ def gt_box_iou(run: Run, measure: bool = True) -> dict | None:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    config, weights = os.path.join(run.folder, "config.yaml"), os.path.join(run.folder, "model_final.pth")
-    if not measure or run_finished(run) is None or not (os.path.exists(config) and os.path.exists(weights)):
+    loaded = finished_rcnn_model(run.folder) if measure else None
+    if loaded is None:
         return None
-    from pointsup.config import load_config
     from pointsup.evaluation import gt_box_mask_quality
-    from pointsup.predictor import load_model_for_inference
-    from pointsup.utils.distributed import resolve_device
 
-    cfg = load_config(config)
-    if cfg.model.meta_architecture != "rcnn" or not cfg.data.val_json:
-        return None
+    cfg, model, device = loaded
     print(f"[experiments] mask IoU in GT boxes: {run.key()}", flush=True)
-    device = resolve_device(cfg.device)
-    model, _ = load_model_for_inference(cfg, weights, device)
     result = {**gt_box_mask_quality(model, cfg.data.val_json, cfg.data.val_images, cfg, device),
               "val_json": cfg.data.val_json}
     atomic_write_json(path, result)
@@ -726,25 +744,17 @@ def mask_ap_on_reference_detections(run: Run, detector_run: Run, measure: bool =
             cached = json.load(f)
     if detector_key in cached or not measure:
         return cached.get(detector_key)
-    folders = [run.folder, detector_run.folder]
-    if any(finished_metrics(f) is None or not os.path.exists(os.path.join(f, "model_final.pth")) for f in folders):
+    loaded = finished_rcnn_model(run.folder)
+    detector_loaded = finished_rcnn_model(detector_run.folder, str(loaded[2])) if loaded else None
+    if detector_loaded is None:
         return None
-    from pointsup.config import load_config
     from pointsup.data.coco import CocoInstanceDataset
     from pointsup.data.transforms import build_test_transforms
     from pointsup.evaluation import mask_ap_on_detections
-    from pointsup.predictor import load_model_for_inference
-    from pointsup.utils.distributed import resolve_device
 
-    cfgs = [load_config(os.path.join(f, "config.yaml")) for f in folders]
-    if any(cfg.model.meta_architecture != "rcnn" for cfg in cfgs):
-        return None
+    (cfg, mask_model, device), detector = loaded, detector_loaded[1]
     print(f"[experiments] mask AP on the detections of {detector_run.key()}: {run.key()}", flush=True)
-    device = resolve_device(cfgs[0].device)
-    mask_model, detector = (load_model_for_inference(cfg, os.path.join(f, "model_final.pth"), device)[0]
-                            for cfg, f in zip(cfgs, folders))
-    data = cfgs[0].data
-    dataset = CocoInstanceDataset(data.val_json, data.val_images, transforms=build_test_transforms(data),
+    dataset = CocoInstanceDataset(cfg.data.val_json, cfg.data.val_images, transforms=build_test_transforms(cfg.data),
                                   use_masks=False, use_points=False)
     cached[detector_key] = mask_ap_on_detections(mask_model, detector, dataset, device)["AP"]
     atomic_write_json(path, cached)
@@ -763,12 +773,13 @@ def same_detector_table(runs: list[Run], reference: Callable[[dict], str | None]
         values, ratios = [], []
         for seed in sorted({run.seed for run in runs if run.label == label}):
             masks_run = by_key.get((ref, seed)) if ref else None
-            if masks_run is None or finished_metrics(masks_run.folder) is None:
+            masks_metrics = finished_metrics(masks_run.folder) if masks_run else None
+            if masks_metrics is None:
                 continue
             value = mask_ap_on_reference_detections(by_key[(label, seed)], masks_run, measure)
             if value is not None:
                 values.append(value)
-                ratios.append(value / finished_metrics(masks_run.folder)["segm"]["AP"])
+                ratios.append(value / masks_metrics["segm"]["AP"])
         if values:
             lines.append(f"| {label} | {fmt(*mean_std(values))} | {fmt(*mean_std(ratios), digits=2)} | {len(values)} |")
     return lines if len(lines) > 2 else []

@@ -184,6 +184,13 @@ def test_evaluate_measures_the_masks_inside_the_gt_boxes(run, tmp_path):
         assert json.load(f)["gt_box_iou"] == quality
 
 
+def test_gt_box_iou_of_a_condinst_config_is_refused_before_evaluating(run, tmp_path):
+    with pytest.raises(ValueError, match="needs an R-CNN model"):
+        pointsup.evaluate(run["weights"], overrides=["model.meta_architecture=condinst"], output_dir=str(tmp_path),
+                          gt_box_iou=True)
+    assert not os.listdir(tmp_path)  # nothing written
+
+
 def test_masks_on_the_models_own_detections_score_its_own_mask_ap(run, val_set):
     """mask_ap_on_detections(model, model) takes the path of two models (the detector's
     boxes, then each box's mask from the mask model) and must land on the model's own AP."""
