@@ -38,6 +38,7 @@ scale, run the same configs with torchrun instead (README, "Reproducing the pape
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -249,6 +250,25 @@ def last_error_line(log_path: str) -> str:
         lines = [l.strip() for l in f.read().replace("\r", "\n").split("\n") if l.strip()]
     errors = [l for l in lines if "Error" in l or "error" in l]
     return (errors or lines or [""])[-1][:300]
+
+
+def select_runs(runs: list[Run], patterns: list[str] | None) -> list[Run]:
+    """The runs whose key (e.g. `supervision/Mask_R-CNN_P10/seed1`) matches one of the glob
+    `patterns`, plus the runs they depend on, in plan order; all runs when `patterns` is empty."""
+    if not patterns:
+        return list(runs)
+    wanted: set[str] = set()
+
+    def want(run: Run) -> None:
+        if run.key() not in wanted:
+            wanted.add(run.key())
+            for dep in run.depends:
+                want(dep)
+
+    for run in runs:
+        if any(fnmatch.fnmatchcase(run.key(), pattern) for pattern in patterns):
+            want(run)
+    return [run for run in runs if run.key() in wanted]
 
 
 def run_all(runs: list[Run], jobs: int, threads: int, launcher: list[str] | None = None) -> dict[str, dict]:
@@ -904,6 +924,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="experiments", help="folder of the runs (and of derived data files)")
     parser.add_argument("--report", default=None, help="folder for report.md and the plots (None: --out)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    parser.add_argument("--only", nargs="+", metavar="GLOB",
+                        help="train only the runs whose name matches (see --dry-run), e.g. 'supervision/*_masks/*' "
+                             "(and what they depend on); the report still covers the whole plan")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the runs that finished, train nothing (unfinished runs are listed)")
     parser.add_argument("--no-mask-diagnostics", dest="mask_diagnostics", action="store_false",
@@ -950,13 +973,16 @@ def main(argv: list[str] | None = None) -> str:
     print(f"[experiments] {len(runs)} runs in {', '.join(args.study)}; "
           f"{sum(run_finished(r) is not None for r in runs)} already finished", flush=True)
     if args.dry_run:
-        for run in runs:
+        for run in select_runs(runs, args.only):
             print(run.key(), run.config, " ".join(run.overrides))
         return ""
-    if args.report_only:
-        statuses = {run.key(): read_status(run) for run in runs}
-    else:
-        statuses = run_all(runs, args.jobs, args.threads, shlex.split(args.launcher))
+    statuses = {run.key(): read_status(run) for run in runs}
+    if not args.report_only:
+        selected = select_runs(runs, args.only)
+        if len(selected) < len(runs):
+            print(f"[experiments] --only: training {len(selected)} of {len(runs)} runs; the report lists the rest "
+                  "as not run unless they finished earlier", flush=True)
+        statuses.update(run_all(selected, args.jobs, args.threads, shlex.split(args.launcher)))
     command = "python -m pointsup.experiments " + " ".join(sys.argv[1:] if argv is None else argv)
     report = os.path.join(args.report or args.out, "report.md")
     write_report(report, plan, statuses, data, args, command, time.perf_counter() - start)

@@ -335,3 +335,16 @@ def test_self_training_gain_is_paired_by_seed():
     student["segm"] = [42.0, 35.0, 44.0]  # gains +2, -1, 0
     (line,) = experiments.claims("self_training", [teacher, student])
     assert "0.3 ± 1.5 AP" in line and "within noise" in line
+
+
+def test_only_selects_matching_runs_and_what_they_depend_on(tmp_path):
+    args, data, plan = _plan(tmp_path, ["self_training"])
+    runs = plan["self_training"]
+    students = [r for r in runs if r.before]
+    selected = experiments.select_runs(runs, [students[0].key()])
+    # The one student plus its teacher, in plan order (the teacher trains first).
+    assert [r.key() for r in selected] == [students[0].depends[0].key(), students[0].key()]
+    assert experiments.select_runs(runs, None) == runs
+    assert experiments.select_runs(runs, ["no/such/run"]) == []
+    seed1 = experiments.select_runs(runs, ["*/seed1"])
+    assert seed1 and all(r.seed == 1 for r in seed1)
