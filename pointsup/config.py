@@ -47,7 +47,9 @@ class DataConfig:
     max_size_test: int = 256
     # How images are resized (`pointsup.data.transforms.resize_image`): "torch" = antialiased
     # bilinear on the float image; "pil" = PIL bilinear on the 8-bit image, detectron2's
-    # resize exactly (use it with detectron2 / MSRA weights, see docs/MODEL_ZOO.md).
+    # resize exactly (use it with detectron2 / MSRA weights, see docs/MODEL_ZOO.md);
+    # "torch_uint8" = antialiased bilinear on the 8-bit image (the fastest on CPU, within one
+    # gray level of "torch"; docs/PERFORMANCE.md, data loader).
     resize_backend: str = "torch"
     random_flip: bool = True
     random_crop: bool = False
@@ -410,7 +412,7 @@ CHOICES = {
     "model.meta_architecture": ("rcnn", "condinst"),
     "model.input_format": ("RGB", "BGR"),
     "model.mask_paste": ("pointsup", "torchvision"),
-    "data.resize_backend": ("torch", "pil"),
+    "data.resize_backend": ("torch", "pil", "torch_uint8"),
     "model.backbone.depth": (18, 34, 50, 101),
     "model.backbone.norm": ("FrozenBN", "BN", "SyncBN", "GN", ""),
     "model.backbone.fpn_norm": ("", "GN"),

@@ -207,10 +207,10 @@ class Predictor:
 
         image_hwc = image_to_uint8_hwc(image)  # (H, W, 3) uint8
         H, W = image_hwc.shape[:2]
-        image_chw = torch.from_numpy(image_hwc.copy()).permute(2, 0, 1).float()  # (3, H, W) 0..255
+        image_chw = torch.from_numpy(image_hwc.copy()).permute(2, 0, 1)  # (3, H, W) uint8
         resized, _ = self.transforms(image_chw, InstanceTargets.empty((H, W)))  # (3, h, w)
         # Padded to a multiple of 32 as in training; boxes and masks come back in the (H, W) frame.
-        (output,) = predict_batch(self.model, [resized], self.device, output_sizes=[(H, W)])
+        (output,) = predict_batch(self.model, [resized.float()], self.device, output_sizes=[(H, W)])
         keep = output["pred_scores"] >= self.score_thresh  # (D,)
         classes = output["pred_classes"][keep].cpu()  # (D,)
         return Prediction(

@@ -65,10 +65,10 @@ def pseudo_label_coco(model: nn.Module, coco: dict, image_dir: str, cfg: Config,
         H, W = rgb.shape[:2]
         boxes_orig = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], dtype=torch.float32)
         classes = torch.tensor([contiguous[a["category_id"]] for a in anns])
-        image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()  # (3, H, W)
+        image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)  # (3, H, W) uint8
         # The model sees the image at its test resolution; GT boxes move with it.
         image, targets = resize(image, InstanceTargets(boxes=boxes_orig.clone(), classes=classes, image_size=(H, W)))
-        probs = predict_masks_for_boxes(model, image.to(device), targets.boxes.to(device), classes.to(device))
+        probs = predict_masks_for_boxes(model, image.float().to(device), targets.boxes.to(device), classes.to(device))
         # Paste at the original resolution, in the original boxes.
         masks = paste_masks_in_image(probs.float(), boxes_orig.to(device), (H, W), threshold).cpu().numpy()  # (M, H, W)
         rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python scripts/bench_data.py [--num-images 24] [--rounds 5] [--batch 2]
         [--modes masks points] [--profile 12] [--d2src /tmp/d2src --d2deps /tmp/d2deps]
+        [--resize-backend torch torch_uint8]   # one pointsup loader per data.resize_backend
 
 Generates --num-images COCO-sized JPEGs (--width x --height, quality 90, --objects polygon
 objects each, P10 points per object stored as pixel indices like detectron2's PointSup files)
@@ -251,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=2, help="images per collate (detectron2's 16 over 8 GPUs)")
     p.add_argument("--modes", nargs="+", default=["masks", "points"], choices=["masks", "points"])
-    p.add_argument("--resize-backend", default="torch", choices=["torch", "pil"], help="pointsup's data.resize_backend")
+    p.add_argument("--resize-backend", nargs="+", default=["torch"], choices=["torch", "pil", "torch_uint8"],
+                   help="pointsup's data.resize_backend; several: one pointsup loader each (the first is "
+                        "'pointsup', the others 'pointsup-<backend>')")
     p.add_argument("--profile", type=int, default=0, metavar="K", help="print each loader's K costliest functions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", default="", help="reuse / keep the generated data here (default: a temp folder)")
@@ -279,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
               f"max {MAX_SIZE}, flip; batch {args.batch}; {args.rounds} rounds, "
               f"torch threads {torch.get_num_threads()}")
         for mode in args.modes:
-            loaders = {"pointsup": pointsup_loader(json_path, root, mode, args.resize_backend)}
+            loaders = {"pointsup" if i == 0 else f"pointsup-{backend}": pointsup_loader(json_path, root, mode, backend)
+                       for i, backend in enumerate(args.resize_backend)}
             if not missing:
                 loaders.update(detectron2_loaders(json_path, root, mode))
             for map_fn, collate_fn in loaders.values():  # warm-up: imports, page cache, allocator
@@ -297,10 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                 ms_col = 1000 * statistics.median(t["collate"] for t in runs) / n
                 print(f"[{mode}] {name:<19} {ips[name]:7.2f} images/s wall, {ips_cpu[name]:7.2f} images/s CPU time "
                       f"(median of {args.rounds}; per image map {ms_map:.1f} ms + collate {ms_col:.1f} ms)")
-            for name in ips:
-                if name != "pointsup":
-                    print(f"[{mode}] ratio pointsup / {name}: {ips['pointsup'] / ips[name]:.2f}x wall, "
-                          f"{ips_cpu['pointsup'] / ips_cpu[name]:.2f}x CPU time")
+            ours = [name for name in ips if name.startswith("pointsup")]
+            for mine in ours:
+                for name in ips:
+                    if name != mine and (not name.startswith("pointsup") or mine != "pointsup" and name == "pointsup"):
+                        print(f"[{mode}] ratio {mine} / {name}: {ips[mine] / ips[name]:.2f}x wall, "
+                              f"{ips_cpu[mine] / ips_cpu[name]:.2f}x CPU time")
             for name in loaders if args.profile else []:
                 print(f"[{mode}] {name} profile (cProfile, own time, one pass):")
                 for line in profile_lines(*loaders[name], n, args.batch, args.profile):

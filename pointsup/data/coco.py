@@ -396,8 +396,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 f"{path} (image id {image_id}) is {image_np.shape[1]}x{image_np.shape[0]} but "
                 f"{self.json_path} says {W}x{H}"
             )
-        image = torch.from_numpy(image_np.copy()).permute(2, 0, 1).float()  # (3, H, W)
+        image = torch.from_numpy(image_np.copy()).permute(2, 0, 1)  # (3, H, W) uint8
         targets = self.load_targets(index)
-        if self.transforms is not None:
+        if self.transforms is not None:  # 8-bit until a float resize (or to the end: resize_image)
             image, targets = self.transforms(image, targets)
-        return Sample(image=image, targets=targets, image_id=image_id, orig_size=(H, W))
+        return Sample(image=image.float(), targets=targets, image_id=image_id, orig_size=(H, W))

@@ -299,3 +299,40 @@ def test_resize_masks_matches_float_nearest_exact():
             expected = F.interpolate(src[None].float(), size=size, mode="nearest-exact")[0] > 0.5
             assert torch.equal(resize_masks(src, size), expected)
     assert resize_masks(torch.zeros(0, 5, 6, dtype=torch.bool), (10, 12)).shape == (0, 10, 12)
+
+
+@pytest.mark.parametrize("size", [(24, 35), (80, 117), (13, 50), (60, 20)])
+def test_torch_uint8_backend_is_within_one_gray_level_of_the_float_resize(size):
+    u8 = torch.from_numpy(np.random.default_rng(2).integers(0, 256, size=(37, 53, 3), dtype=np.uint8)).permute(2, 0, 1)
+    out = resize_image(u8, size, backend="torch_uint8")
+    assert out.dtype == torch.uint8 and out.shape == (3, *size)
+    reference = resize_image(u8.float(), size, backend="torch")  # float arithmetic, float result
+    assert reference.dtype == torch.float32
+    assert (out.float() - reference).abs().max() <= 1.0  # rounded to 8 bits, nothing else
+    assert torch.equal(resize_image(u8.float(), size, backend="torch_uint8"), out)  # integer floats: same pixels
+
+
+@pytest.mark.parametrize("backend", ["torch", "pil"])
+def test_an_8_bit_input_gives_the_float_inputs_pixels(backend):
+    # The data set and the Predictor now hand 8-bit images to the transforms; the result must
+    # be what the float image gave before (the backends' own dtype aside).
+    u8 = torch.from_numpy(np.random.default_rng(3).integers(0, 256, size=(37, 53, 3), dtype=np.uint8)).permute(2, 0, 1)
+    from_u8 = resize_image(u8, (50, 70), backend=backend)
+    from_float = resize_image(u8.float(), (50, 70), backend=backend)
+    assert from_u8.dtype == from_float.dtype == (torch.float32 if backend == "torch" else torch.uint8)
+    assert torch.equal(from_u8, from_float)
+
+
+@pytest.mark.parametrize("backend", ["torch", "pil", "torch_uint8"])
+def test_dataset_images_are_float_whatever_the_backend(synthetic_paths, synthetic_points_json, backend):
+    cfg = DataConfig(min_size_train=[96], max_size_train=200, resize_backend=backend, point_aug=True)
+    torch.manual_seed(0)
+    dataset = CocoInstanceDataset(synthetic_points_json, synthetic_paths["image_dir"], transforms=build_train_transforms(cfg),
+                                  use_masks=False)
+    sample = dataset[0]
+    assert sample.image.dtype == torch.float32 and min(sample.image.shape[-2:]) == 96
+    # The same pipeline as before the 8-bit path: the float image through the same transforms.
+    raw = CocoInstanceDataset(synthetic_points_json, synthetic_paths["image_dir"], use_masks=False)[0]
+    torch.manual_seed(0)
+    image, targets = build_train_transforms(cfg)(raw.image, raw.targets)
+    assert torch.equal(sample.image, image.float()) and torch.equal(sample.targets.point_coords, targets.point_coords)
