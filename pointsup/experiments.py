@@ -32,9 +32,10 @@ from the model's config); the synthetic configs' small R18-FPN models. The `supe
 study (27 runs) at 1000 iterations took 88 min on the 2-core CPU (2026-12-01,
 docs/experiments/supervision_1000it); its P10 / masks ratios with the detector held fixed
 and its mask IoU ratios in GT boxes equal those at 1500 iterations (the built-in job's
-schedule, docs/experiments/report.md, 1.5x the training time) within 0.02. At 500 iterations the models
-reach ~10 mask AP and the paper's effects drown in the seeds' spread. At full COCO
-scale, run the same configs with torchrun instead (README, "Reproducing the paper").
+schedule, docs/experiments/report.md, 1.5x the training time) within 0.02. At 500
+iterations the models reach ~10 mask AP and the paper's effects drown in the seeds'
+spread. At full COCO scale, run the same configs with torchrun instead (README,
+"Reproducing the paper").
 """
 
 from __future__ import annotations
