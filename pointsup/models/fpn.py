@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointsup.models.norm import get_norm
+from pointsup.models.norm import conv_norm, get_norm
 
 
 def c2_xavier_fill(conv: nn.Conv2d) -> None:
@@ -78,13 +78,13 @@ class FPN(nn.Module):
         outputs: list[Tensor] = []
         top_down = None  # the merged map of the level above, before its 3x3 output conv
         for i in reversed(range(len(self.in_features))):
-            lateral = self.lateral_convs[i](features[self.in_features[i]])
+            lateral = conv_norm(*self.lateral_convs[i], features[self.in_features[i]])
             if top_down is not None:
                 # Nearest 2x upsampling; `size=` (not scale_factor=2) so sizes not divisible
                 # by the coarsest stride still line up with the lateral map.
                 lateral = lateral + F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
             top_down = lateral
-            outputs.insert(0, self.output_convs[i](lateral))
+            outputs.insert(0, conv_norm(*self.output_convs[i], lateral))
 
         if self.top_block == "maxpool":
             outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))

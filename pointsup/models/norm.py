@@ -13,7 +13,8 @@
 `conv_norm(conv, norm, x)` computes norm(conv(x)). A FrozenBatchNorm2d is an affine map per
 channel, so it is folded into the conv instead (one pass over the activations fewer, in
 forward and backward): the parameters and the state dict stay as they are, only the
-arithmetic changes (equal up to float rounding).
+arithmetic changes (equal up to float rounding). Its convolution runs through `conv2d`, which
+keeps every float32 CPU conv on oneDNN (see there).
 """
 
 from __future__ import annotations
@@ -77,10 +78,41 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     Mask R-CNN training step at 512 px: peak memory 1.05x torchvision's folded, 0.95x not;
     step time the same within noise; docs/PERFORMANCE.md).
     """
-    if not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros" or _needs_grad((conv.weight, conv.bias)):
+    if conv.padding_mode != "zeros":
         return norm(conv(x))
+    if not isinstance(norm, FrozenBatchNorm2d) or _needs_grad((conv.weight, conv.bias)):
+        return norm(conv2d(x, conv.weight, conv.bias, conv))
     weight, bias = folded_conv_weights(conv, norm)
+    return conv2d(x, weight, bias, conv)
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, conv: nn.Conv2d) -> Tensor:
+    """F.conv2d(x, weight, bias) with `conv`'s stride, padding, dilation and groups.
+
+    On CPU in float32 it always runs oneDNN's convolution. PyTorch's own choice sends a 1x1,
+    stride-1 conv of a batch under 16 to its generic im2col kernel when it runs on one
+    thread, which for channels-last activations (the backbone's layout on CPU) also copies
+    them to the plain layout and back: ResNet-50's trunk at 512 px on one thread took 1.7x
+    the time (docs/PERFORMANCE.md). With two or more threads PyTorch picks oneDNN itself, so
+    this only changes the one-thread case, and there only by float rounding. Autograd works
+    as for F.conv2d (same backward).
+    """
+    if _runs_on_onednn(x, weight, conv):
+        return torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _runs_on_onednn(x: Tensor, weight: Tensor, conv: nn.Conv2d) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and x.dim() == 4
+        and isinstance(conv.padding, tuple)  # not "same" / "valid"
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")  # autocast casts F.conv2d's inputs, not this op's
+        and not _tracing_or_compiling()
+    )
 
 
 def _needs_grad(tensors: tuple[Tensor | None, ...]) -> bool:
@@ -120,6 +152,10 @@ def _fold(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
 
 def _cacheable(tensors: tuple[Tensor | None, ...]) -> bool:
     """Real tensors outside tracing / compiling (fake or functional tensors have no storage)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if _tracing_or_compiling():
         return False
     return all(t is None or type(t) in (Tensor, nn.Parameter) for t in tensors)
+
+
+def _tracing_or_compiling() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.compiler.is_exporting()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -234,3 +235,50 @@ def test_frozen_bn_is_folded_for_inference_but_not_while_its_conv_trains():
     conv.weight.requires_grad_(False)  # a frozen stage folds even with grad mode on
     conv_norm(conv, norm, x)
     assert conv.__dict__["_folded_frozen_bn"][1] is cached
+
+
+@pytest.mark.parametrize("kernel_size, stride, groups", [(1, 1, 1), (3, 1, 1), (3, 2, 4), (1, 2, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv2d_runs_every_float32_cpu_conv_on_onednn_with_f_conv2d_values_and_gradients(kernel_size, stride, groups, channels_last):
+    """norm.conv2d = F.conv2d up to float rounding (forward and backward), and on one thread a
+    1x1 stride-1 conv of a small batch goes to oneDNN, not to PyTorch's im2col kernel."""
+    from torch.profiler import profile
+
+    from pointsup.models.norm import conv2d
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups)
+    x = torch.randn(2, 8, 9, 11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x_ref = x.detach().clone().requires_grad_(True)
+    x.requires_grad_(True)
+    reference = F.conv2d(x_ref, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    reference.square().sum().backward()
+    grads_ref = [x_ref.grad, conv.weight.grad.clone(), conv.bias.grad.clone()]
+    conv.zero_grad()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with profile() as prof:
+            y = conv2d(x, conv.weight, conv.bias, conv)
+    finally:
+        torch.set_num_threads(threads)
+    ops = {event.key for event in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in ops and "aten::_slow_conv2d_forward" not in ops
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    for got, expected in zip([x.grad, conv.weight.grad, conv.bias.grad], grads_ref):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_leaves_autocast_and_other_dtypes_to_f_conv2d():
+    from pointsup.models.norm import conv2d
+
+    conv = nn.Conv2d(4, 4, 1)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv2d(x, conv.weight, conv.bias, conv).dtype == torch.bfloat16  # autocast applied
+    x64, conv64 = x.double(), conv.double()
+    torch.testing.assert_close(conv2d(x64, conv64.weight, conv64.bias, conv64), conv64(x64))
