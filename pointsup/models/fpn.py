@@ -82,7 +82,7 @@ class FPN(nn.Module):
             if top_down is not None:
                 # Nearest 2x upsampling; `size=` (not scale_factor=2) so sizes not divisible
                 # by the coarsest stride still line up with the lateral map.
-                lateral = lateral + F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+                lateral += F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")  # in place: no new map
             top_down = lateral
             outputs.insert(0, conv_norm(*self.output_convs[i], lateral))
 

@@ -71,7 +71,7 @@ class MaskRCNNHead(nn.Module):
         Eval: boxes / classes = detections -> per image (R_i, S, S) mask probabilities.
         """
         x = self.pooler([features[f] for f in self.in_features], boxes)  # (R, C, 14, 14)
-        x = F.relu(self.deconv(self.convs(x)))  # (R, conv_dim, 28, 28)
+        x = F.relu(self.deconv(self.convs(x)), inplace=True)  # (R, conv_dim, 28, 28)
         mask_logits = self.class_logits(x, torch.cat(classes))  # (R, S, S)
         if self.training:
             return {"loss_mask": self.loss(mask_logits, boxes, targets, matched_idxs)}
