@@ -239,9 +239,10 @@ def test_frozen_bn_is_folded_for_inference_but_not_while_its_conv_trains():
 
 @pytest.mark.parametrize("kernel_size, stride, groups", [(1, 1, 1), (3, 1, 1), (3, 2, 4), (1, 2, 1)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_conv2d_runs_every_float32_cpu_conv_on_onednn_with_f_conv2d_values_and_gradients(kernel_size, stride, groups, channels_last):
-    """norm.conv2d = F.conv2d up to float rounding (forward and backward), and on one thread a
-    1x1 stride-1 conv of a small batch goes to oneDNN, not to PyTorch's im2col kernel."""
+def test_conv2d_runs_float32_cpu_inference_on_onednn_with_f_conv2d_values(kernel_size, stride, groups, channels_last):
+    """norm.conv2d = F.conv2d up to float rounding; without autograd, on one thread, a 1x1
+    stride-1 conv of a small batch goes to oneDNN, not to PyTorch's im2col kernel; with
+    autograd it stays F.conv2d (same values and gradients)."""
     from torch.profiler import profile
 
     from pointsup.models.norm import conv2d
@@ -251,26 +252,33 @@ def test_conv2d_runs_every_float32_cpu_conv_on_onednn_with_f_conv2d_values_and_g
     x = torch.randn(2, 8, 9, 11)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x_ref = x.detach().clone().requires_grad_(True)
-    x.requires_grad_(True)
-    reference = F.conv2d(x_ref, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    reference.square().sum().backward()
-    grads_ref = [x_ref.grad, conv.weight.grad.clone(), conv.bias.grad.clone()]
-    conv.zero_grad()
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with profile() as prof:
-            y = conv2d(x, conv.weight, conv.bias, conv)
-    finally:
-        torch.set_num_threads(threads)
-    ops = {event.key for event in prof.key_averages()}
+    def ops_of(fn):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with profile() as prof:
+                out = fn()
+        finally:
+            torch.set_num_threads(threads)
+        return out, {event.key for event in prof.key_averages()}
+
+    with torch.no_grad():
+        reference = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        y, ops = ops_of(lambda: conv2d(x, conv.weight, conv.bias, conv))
     assert "aten::mkldnn_convolution" in ops and "aten::_slow_conv2d_forward" not in ops
     torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+
+    x.requires_grad_(True)
+    y = conv2d(x, conv.weight, conv.bias, conv)
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
     y.square().sum().backward()
-    for got, expected in zip([x.grad, conv.weight.grad, conv.bias.grad], grads_ref):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    x_ref = x.detach().clone().requires_grad_(True)
+    weight_grad = conv.weight.grad.clone()
+    conv.zero_grad()
+    F.conv2d(x_ref, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(weight_grad, conv.weight.grad)
 
 
 def test_conv2d_leaves_autocast_and_other_dtypes_to_f_conv2d():
