@@ -281,6 +281,28 @@ def test_conv2d_runs_float32_cpu_inference_on_onednn_with_f_conv2d_values(kernel
     torch.testing.assert_close(weight_grad, conv.weight.grad)
 
 
+def test_conv2d_takes_strided_views_and_weights():
+    """oneDNN is called directly (not through F.conv2d's layout handling): sliced, transposed,
+    expanded and channel-strided inputs and a strided weight give F.conv2d's values."""
+    from pointsup.models.norm import conv2d
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    base = torch.randn(2, 8, 20, 22)
+    inputs = [
+        base[:, :, ::2, 1::3],
+        base.permute(0, 1, 3, 2),
+        torch.randn(2, 16, 9, 9)[:, ::2],
+        torch.randn(1, 8, 1, 9).expand(2, 8, 9, 9),
+        base.contiguous(memory_format=torch.channels_last)[:, :, 2:11, 3:12],
+    ]
+    with torch.no_grad():
+        for weight in (conv.weight, torch.randn(16, 16, 3, 3)[:, ::2]):
+            for x in inputs:
+                expected = F.conv2d(x, weight, conv.bias, conv.stride, conv.padding)
+                torch.testing.assert_close(conv2d(x, weight, conv.bias, conv), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_conv2d_leaves_autocast_and_other_dtypes_to_f_conv2d():
     from pointsup.models.norm import conv2d
 
