@@ -225,9 +225,11 @@ def execute(run: Run, futures: dict[str, Any], threads: int, launcher: list[str]
             return {"ok": False, "wall_s": 0.0, "error": f"depends on failed run {dep.key()}"}
     if run_finished(run):
         status = read_status(run)
-        return {"ok": True, "wall_s": status.get("wall_s", math.nan), "error": "", "cached": True}
+        return {"ok": True, "wall_s": status.get("wall_s", math.nan), "error": "", "cached": True,
+                "commit": status.get("commit", "")}
     os.makedirs(run.folder, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    commit = git_commit()  # the pointsup the run trains with (reports list them)
     start = time.perf_counter()
     log_path = os.path.join(run.folder, "log.txt")
     train = [*launcher, "-m", "pointsup.train", "--config", run.config, "--resume", "--set",
@@ -242,7 +244,7 @@ def execute(run: Run, futures: dict[str, Any], threads: int, launcher: list[str]
     wall = time.perf_counter() - start
     ok = code == 0 and run_finished(run) is not None
     error = "" if ok else last_error_line(log_path)
-    status = {"ok": ok, "wall_s": wall, "error": error, "returncode": code}
+    status = {"ok": ok, "wall_s": wall, "error": error, "returncode": code, "commit": commit}
     atomic_write_json(os.path.join(run.folder, "harness.json"), status)
     print(f"[experiments] {'done' if ok else 'FAILED'} {run.key()} in {wall:.0f} s {error}", flush=True)
     return status
@@ -841,6 +843,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def training_commits(runs: list[Run], statuses: dict[str, dict]) -> str:
+    """"8989ae7 (12 runs), 6a8a3ae (6 runs)": the commit each finished run was trained at
+    (its harness.json; "not recorded" for runs trained before the harness wrote it)."""
+    counts: dict[str, int] = {}
+    one_key_per_folder: dict[str, str] = {}  # a run read by two studies counts once
+    for run in runs:
+        one_key_per_folder.setdefault(run.folder, run.key())
+    for key in one_key_per_folder.values():
+        status = statuses.get(key, {})
+        if status.get("ok"):
+            commit = status.get("commit") or "not recorded"
+            counts[commit] = counts.get(commit, 0) + 1
+    return ", ".join(f"{commit} ({n} run{'s' * (n != 1)})" for commit, n in counts.items()) or "none finished"
+
+
 def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict], data: Data,
                  args: argparse.Namespace, command: str, wall_s: float) -> str:
     """Markdown report (+ one PNG per study beside it); returns the markdown text."""
@@ -850,7 +867,9 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
     folder = os.path.dirname(os.path.abspath(path))
     box_iou = 100 * float(np.mean(gt_box_mask_ious(None, load_coco_json(data.val_json))))
     lines = ["# pointsup experiments", "",
-             f"- command: `{command}`", f"- commit: {git_commit()}", f"- data: {data.name}",
+             f"- command: `{command}`", f"- commit: {git_commit()}",
+             f"- runs trained at: {training_commits([r for runs in plan.values() for r in runs], statuses)}",
+             f"- data: {data.name}",
              f"  (train {data.train_json}, val {data.val_json})",
              f"- seeds: {args.seeds} (training seeds 0..{args.seeds - 1}); mean ± sample std (ddof 1) over seeds",
              "- scale: " + (f"{args.iters} iterations per run (2x for `schedule`), LR steps at 75% / 90%"

@@ -73,12 +73,14 @@ def test_harness_runs_a_study_reports_mean_std_and_resumes(tmp_path, one_thread)
         assert all(0.0 <= v <= 100.0 for v in ious)
         assert rows[label][7] == experiments.fmt(*experiments.mean_std(ious))
     assert "commit:" in report and "seeds: 2" in report and "self-training gain" in report
+    assert f"runs trained at: {experiments.git_commit()} (4 runs)" in report
     assert "mask IoU in GT boxes, student − its teacher per seed" in report
 
     # Resume: a second invocation reads the finished runs and trains nothing.
     logs = {f: open(os.path.join(f, "log.txt")).read() for f in folders}
-    experiments.main(argv)
+    report = open(experiments.main(argv)).read()
     assert {f: open(os.path.join(f, "log.txt")).read() for f in folders} == logs
+    assert f"runs trained at: {experiments.git_commit()} (4 runs)" in report  # read from harness.json
 
     # A run whose metrics.json is gone is trained again, and only that one.
     os.remove(os.path.join(folders[0], "metrics.json"))
@@ -92,6 +94,18 @@ def test_harness_runs_a_study_reports_mean_std_and_resumes(tmp_path, one_thread)
     report = open(experiments.main([*argv, "--report-only", "--no-mask-diagnostics"])).read()
     assert not os.path.exists(os.path.join(folders[1], "gt_box_iou.json"))
     assert "(one seed)" in "".join(row[7] for row in _table_rows(report).values())
+
+
+def test_training_commits_counts_each_finished_run_once():
+    def run(study, seed, folder):
+        return experiments.Run(study, "Mask R-CNN P10", "c.yaml", [], seed, folder=folder)
+
+    runs = [run("supervision", 0, "a"), run("num_points", 0, "a"), run("supervision", 1, "b"),
+            run("supervision", 2, "c"), run("supervision", 3, "d")]
+    statuses = {runs[0].key(): {"ok": True, "commit": "abc1234"}, runs[1].key(): {"ok": True, "commit": "abc1234"},
+                runs[2].key(): {"ok": True}, runs[3].key(): {"ok": False, "commit": "abc1234"}}
+    assert experiments.training_commits(runs, statuses) == "abc1234 (1 run), not recorded (1 run)"
+    assert experiments.training_commits(runs[3:], statuses) == "none finished"
 
 
 def test_dry_run_lists_every_study(tmp_path, capsys):
