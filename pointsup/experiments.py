@@ -695,7 +695,11 @@ def plot(study: str, rows: list[dict], path: str) -> bool:
                        "point_aug_k": "points kept per box and iteration", "budget": "annotation time (hours)",
                        "point_seeds": "simulated point set"}.get(study, "x"))
         if study == "budget":
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 hours, not 10^0
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (3x10^0, ...) overlapped
         if any(r["group"] for r in rows):
             ax.legend()
     ax.set_title(study)
