@@ -98,9 +98,10 @@ class Bottleneck(nn.Module):
         out = self.relu(conv_norm(self.conv1, self.bn1, x))
         out = self.relu(conv_norm(self.conv2, self.bn2, out))
         out = conv_norm(self.conv3, self.bn3, out)
-        # In place: `out + identity` allocates a new map per block (16 MB in res2 at 512 px)
-        # and a fresh large allocation costs page faults: such an add took ~16 ms, as long as
-        # a conv of res5 (R50-FPN inference, 1 thread). No backward needs the sum's input.
+        # In place: `out + identity` allocates a new map per block (16 MB in res2 at 512 px);
+        # one profile put such an add at ~16 ms (R50-FPN inference, 1 thread), though the
+        # end-to-end gain was within noise (docs/PERFORMANCE.md). Bit-identical, less memory;
+        # no backward needs the sum's input.
         out += identity
         return self.relu(out)
 

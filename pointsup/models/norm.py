@@ -14,7 +14,7 @@
 channel, so it is folded into the conv instead (one pass over the activations fewer, in
 forward and backward): the parameters and the state dict stay as they are, only the
 arithmetic changes (equal up to float rounding). Its convolution runs through `conv2d`, which
-keeps every float32 CPU conv on oneDNN (see there).
+puts float32 CPU convs that record no gradient on oneDNN (see there).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
