@@ -24,7 +24,8 @@ Studies (paper section in brackets), each run with `--seeds` training seeds:
   point_aug_k   Mask R-CNN P10 keeping 1, 3, 5, 7, 9 of the 10 points per iteration [App. B]
   self_training P10 model -> pseudo masks inside the GT boxes -> retrain on them [3.3.2]
   budget        AP against annotation hours: 10/25/50/100% of the images with masks, P10,
-                boxes only (BoxInst) [Fig. 5], at the paper's per-instance times
+                boxes only (BoxInst, and pointsup's inside-box variant) [Fig. 5], at the
+                paper's per-instance times
   schedule      mask AP against iteration, masks vs P10, over a 2x longer schedule [App. B]
 
 Scale: `--iters` optimizer steps per run (default 1000; LR steps at 75% / 90%, batch and LR
@@ -72,7 +73,7 @@ COCO_CONFIGS = {
     "implicit_pointrend_masks": "implicit_pointrend_R_50_FPN_3x",
     "implicit_pointrend_P10_point_aug": "implicit_pointrend_R_50_FPN_3x_P10_point_aug",
     "condinst_masks": "condinst_R_50_FPN_3x", "condinst_P10_point_aug": "condinst_R_50_FPN_3x_P10_point_aug",
-    "condinst_boxinst": "boxinst_R_50_FPN_1x",
+    "condinst_boxinst": "boxinst_R_50_FPN_1x", "condinst_boxinst_inside_box": "boxinst_R_50_FPN_1x_inside_box",
 }
 
 # Paper Table 6 / appendix C: seconds per instance. Every form needs the object spotted and
@@ -463,7 +464,9 @@ class Planner:
                 pct = f"{fraction:.0%}"
                 for form, label, config, train_json in (("masks", "masks", "mask_rcnn_masks", masks),
                                                         ("points", "P10", "mask_rcnn_P10", p10),
-                                                        ("boxes", "boxes (BoxInst)", "condinst_boxinst", p10)):
+                                                        ("boxes", "boxes (BoxInst)", "condinst_boxinst", p10),
+                                                        ("boxes", "boxes (BoxInst inside box)",
+                                                         "condinst_boxinst_inside_box", p10)):
                     hours = count * seconds_per_instance(form) / 3600
                     runs.append(self.run("budget", f"{label} {pct}", config, train_json, seed, x=hours, group=label))
         return runs

@@ -72,17 +72,25 @@ def point_loss(mask_logits: Tensor, point_coords_img: Tensor, point_labels: Tens
     return (losses * valid).sum() / valid.sum()
 
 
-def projection_loss(mask_probs: Tensor, gt_box_masks: Tensor) -> Tensor:
+def projection_loss(mask_probs: Tensor, gt_box_masks: Tensor, inside_box: bool = False) -> Tensor:
     """BoxInst's projection term: the mask's max-projections onto x and y match the box's.
 
     mask_probs:   (S, 1, H4, W4) probabilities.
     gt_box_masks: (S, 1, H4, W4) 1 inside each instance's GT box, 0 outside.
+    inside_box:   project only the part of each mask inside its GT box (pointsup's option,
+                  not BoxInst's: see `CondInst`'s `boxinst_inside_box`).
     returns a scalar: dice of the projection onto the x axis plus dice onto the y axis.
     The projection of a tight box equals the projection of the object's true mask, so
-    this term is a correct (if weak) constraint from the box alone.
+    this term is a correct (if weak) constraint from the box alone. It is also nearly met
+    by masks that are not on the object at all: a strip along the image's top row over the
+    box's columns plus one along the left column over its rows has the box's projections
+    plus row 0 and column 0. With `inside_box` such masks project to zero and cost the
+    full loss.
     """
     if mask_probs.shape[0] == 0:
         return mask_probs.sum() * 0.0  # keep graph for DDP
+    if inside_box:
+        mask_probs = mask_probs * gt_box_masks
     loss_x = dice_loss(mask_probs.amax(dim=2), gt_box_masks.amax(dim=2))  # project onto x
     loss_y = dice_loss(mask_probs.amax(dim=3), gt_box_masks.amax(dim=3))  # project onto y
     return loss_x + loss_y

@@ -234,6 +234,7 @@ class CondInst(nn.Module):
         pairwise_dilation: int = 2,
         pairwise_color_thresh: float = 0.3,
         pairwise_warmup_iters: int = 10000,
+        boxinst_inside_box: bool = False,
         controller_feature_norm: bool = False,
     ):
         super().__init__()
@@ -255,6 +256,9 @@ class CondInst(nn.Module):
         self.pairwise_dilation = pairwise_dilation
         self.pairwise_color_thresh = pairwise_color_thresh
         self.pairwise_warmup_iters = pairwise_warmup_iters
+        # BoxInst variant: the projection term sees each mask only inside its GT box, and
+        # predicted masks are cropped to their boxes (config `boxinst_inside_box`).
+        self.boxinst_inside_box = boxinst_inside_box
         self.input_format = check_input_format(input_format)  # BGR: MSRA / detectron2 weights; pixel_mean/std in that order
         self.pad_after_normalize = pad_after_normalize
         self.register_buffer("pixel_mean", pixel_stat(pixel_mean), persistent=False)  # (1, 3, 1, 1)
@@ -335,7 +339,7 @@ class CondInst(nn.Module):
             pair_weights = (similarity >= self.pairwise_color_thresh).float() * box_masks  # (S, A, H4, W4)
             warmup = min(float(self.iteration) / max(self.pairwise_warmup_iters, 1), 1.0)
             return {
-                "loss_prj": projection_loss(mask_logits.sigmoid(), box_masks),
+                "loss_prj": projection_loss(mask_logits.sigmoid(), box_masks, inside_box=self.boxinst_inside_box),
                 "loss_pairwise": warmup * pairwise_loss(mask_logits, pair_weights, self.pairwise_size, self.pairwise_dilation),
             }
         if self.supervision == "masks":
@@ -387,9 +391,10 @@ class CondInst(nn.Module):
             else:
                 probs = probs.new_zeros(0, 1, H_out, W_out)
             boxes = boxes * boxes.new_tensor([W_out / W, H_out / H, W_out / W, H_out / H])
-        if self.supervision == "points" and not self.boxinst:
-            # Footnote 2: pixels outside GT boxes were never supervised, so only the part
-            # of each mask inside its predicted box is trusted.
+        # Footnote 2: pixels outside GT boxes were never supervised, so only the part of
+        # each mask inside its predicted box is trusted (P_N; BoxInst inside the box).
+        outside_unsupervised = self.boxinst_inside_box if self.boxinst else self.supervision == "points"
+        if outside_unsupervised:
             probs = probs * box_masks_at_stride(boxes, (H_out, W_out), 1)
         return {
             "pred_boxes": boxes,
@@ -423,5 +428,6 @@ def build_condinst(cfg, num_classes: int) -> CondInst:
         pairwise_dilation=ccfg.pairwise_dilation,
         pairwise_color_thresh=ccfg.pairwise_color_thresh,
         pairwise_warmup_iters=ccfg.pairwise_warmup_iters,
+        boxinst_inside_box=ccfg.boxinst_inside_box,
         controller_feature_norm=ccfg.controller_feature_norm,
     )

@@ -51,7 +51,7 @@ class TinyBackbone(nn.Module):
         return features
 
 
-def tiny_condinst(supervision="points", boxinst=False, C=16, num_classes=3) -> CondInst:
+def tiny_condinst(supervision="points", boxinst=False, C=16, num_classes=3, boxinst_inside_box=False) -> CondInst:
     fcos = FCOS(FCOSHead(C, num_classes, 5, num_convs=2), STRIDES, SIZE_RANGES)
     return CondInst(
         TinyBackbone(C),
@@ -63,6 +63,7 @@ def tiny_condinst(supervision="points", boxinst=False, C=16, num_classes=3) -> C
         supervision=supervision,
         boxinst=boxinst,
         pairwise_warmup_iters=2,
+        boxinst_inside_box=boxinst_inside_box,
     )
 
 
@@ -223,6 +224,44 @@ def test_boxinst_losses():
     loss.backward()
     # Confident and uniform predictions agree with every neighbour: ~0.
     assert pairwise_loss(torch.full((1, 1, 8, 8), 20.0), torch.ones(1, 8, 8, 8), 3, 2) < 1e-6
+
+
+def test_projection_inside_box_rejects_border_strips_and_keeps_the_object():
+    """The known collapse of plain BoxInst: a top-row strip over the box's columns plus a
+    left-column strip over its rows has nearly the box's projections (it adds only row 0
+    and column 0), although no pixel is on the object. Projected inside the box only, it
+    costs the full loss; masks on the object cost nothing either way."""
+    box_masks = box_masks_at_stride(torch.tensor([[32.0, 24.0, 80.0, 64.0]]), (20, 24), 4)  # cells y 6..15, x 8..19
+    assert box_masks[0, 0, 6:16, 8:20].all() and box_masks.sum() == 10 * 12
+    strips = torch.zeros_like(box_masks)
+    strips[0, 0, 0, 8:20] = 1.0  # top row, the box's columns
+    strips[0, 0, 6:16, 0] = 1.0  # left column, the box's rows
+    assert projection_loss(strips, box_masks) < 0.1
+    assert projection_loss(strips, box_masks, inside_box=True) > 1.9
+    on_object = box_masks.clone()
+    on_object[0, 0, 6, 8] = on_object[0, 0, 15, 19] = 0  # two corners cut: same projections
+    for mask in (box_masks, on_object):
+        assert projection_loss(mask, box_masks) < 1e-4
+        assert projection_loss(mask, box_masks, inside_box=True) < 1e-4
+    # Outside the box the variant sends no gradient; plain BoxInst sends it to column maxima.
+    probs = torch.full_like(box_masks, 0.5).requires_grad_()
+    projection_loss(probs, box_masks, inside_box=True).backward()
+    assert (probs.grad[box_masks == 0] == 0).all() and (probs.grad[box_masks == 1] != 0).any()
+
+
+def test_boxinst_inside_box_crops_predicted_masks_to_their_boxes():
+    images, sizes, _ = toy_batch()
+    for inside_box in (False, True):
+        model = tiny_condinst("points", boxinst=True, boxinst_inside_box=inside_box).eval()
+        model.fcos.score_thresh = 0.0
+        with torch.no_grad():
+            model.mask_head.run_dynamic_convs = lambda inputs, params: torch.full_like(inputs[:, :1], 5.0)
+            r = model(images[:1], sizes[:1])[0]
+        inside = box_masks_at_stride(r["pred_boxes"], (64, 64), 1)[:, 0] > 0
+        assert len(r["pred_boxes"]) > 0
+        # Plain BoxInst keeps its whole-image masks (all on here); the variant crops them.
+        assert bool((r["pred_masks"] & ~inside).any()) == (not inside_box)
+        assert (r["pred_masks"] == inside).all() if inside_box else r["pred_masks"].all()
 
 
 def test_rgb_to_lab_reference_colours():
