@@ -36,6 +36,7 @@ CONFIGS = [
     "mask_rcnn_masks", "mask_rcnn_P10", "mask_rcnn_P10_point_aug", "pointrend_masks", "pointrend_P10",
     "pointrend_P10_point_aug", "implicit_pointrend_masks", "implicit_pointrend_P10", "implicit_pointrend_P10_point_aug",
     "condinst_masks", "condinst_P10", "condinst_P10_point_aug", "condinst_boxinst",
+    "condinst_boxinst_inside_box",
 ]
 
 

@@ -234,6 +234,18 @@ def test_stability_table_counts_finished_seeds_and_names_errors(tmp_path):
     assert math.isnan(check_stability.loss_rise(str(tmp_path / "no_log")))
 
 
+def test_stability_check_and_harness_cover_every_synthetic_config():
+    """A new config in configs/synthetic is trained by the stability check, and every config
+    a harness study names exists (and has a paper-scale counterpart for --config-set coco)."""
+    check_stability = _load_script("check_stability")
+    shipped = {name[: -len(".yaml")] for name in os.listdir(os.path.join(experiments.CONFIG_ROOT, "synthetic"))
+               if name.endswith(".yaml") and not name.startswith("Base-")}
+    assert set(check_stability.CONFIGS) == shipped
+    assert set(experiments.COCO_CONFIGS) <= shipped
+    for coco_name in experiments.COCO_CONFIGS.values():
+        assert os.path.isfile(os.path.join(experiments.CONFIG_ROOT, "coco", coco_name + ".yaml")), coco_name
+
+
 def test_gt_box_mask_ious_scores_masks_against_the_gt_and_the_box_baseline():
     import numpy as np
     import pycocotools.mask as mask_util
