@@ -184,9 +184,9 @@ class CondInstConfig:
     pairwise_dilation: int = 2
     pairwise_color_thresh: float = 0.3
     pairwise_warmup_iters: int = 10000
-    # pointsup's variant, not BoxInst's: the projection term sees each mask only inside its
-    # GT box and predictions are cropped to their boxes, as for P_N (paper footnote 2).
-    # Without it BoxInst can meet both of its terms with strips along the image border
+    # pointsup's variant, not BoxInst's: the projection term is averaged with the same term
+    # on each mask cropped to its GT box, and predictions are cropped to their boxes. Without
+    # it BoxInst can nearly meet both of its terms with strips along the image border
     # (docs/experiments/README.md, "Known problem").
     boxinst_inside_box: bool = False
 

@@ -77,20 +77,27 @@ def projection_loss(mask_probs: Tensor, gt_box_masks: Tensor, inside_box: bool =
 
     mask_probs:   (S, 1, H4, W4) probabilities.
     gt_box_masks: (S, 1, H4, W4) 1 inside each instance's GT box, 0 outside.
-    inside_box:   project only the part of each mask inside its GT box (pointsup's option,
-                  not BoxInst's: see `CondInst`'s `boxinst_inside_box`).
+    inside_box:   pointsup's variant (`CondInst`'s `boxinst_inside_box`, not BoxInst's): the
+                  mean of this term and the same term on the mask cropped to its GT box.
     returns a scalar: dice of the projection onto the x axis plus dice onto the y axis.
     The projection of a tight box equals the projection of the object's true mask, so
-    this term is a correct (if weak) constraint from the box alone. It is also nearly met
-    by masks that are not on the object at all: a strip along the image's top row over the
-    box's columns plus one along the left column over its rows has the box's projections
-    plus row 0 and column 0. With `inside_box` such masks project to zero and cost the
-    full loss.
+    this term is a correct (if weak) constraint from the box alone: every pixel outside
+    the box lies in a row or a column the box does not span, and is pushed to background.
+    It is also nearly met by masks that are not on the object at all: a strip along the
+    image's top row over the box's columns plus one along the left column over its rows
+    has the box's projections plus row 0 and column 0, a small dice error. Cropped to the
+    box such masks project to nothing and cost the full loss; the uncropped half keeps the
+    push outside the box (the background the pairwise term carves the object's shape from).
     """
     if mask_probs.shape[0] == 0:
         return mask_probs.sum() * 0.0  # keep graph for DDP
+    loss = _projection_dice(mask_probs, gt_box_masks)
     if inside_box:
-        mask_probs = mask_probs * gt_box_masks
+        loss = 0.5 * (loss + _projection_dice(mask_probs * gt_box_masks, gt_box_masks))
+    return loss
+
+
+def _projection_dice(mask_probs: Tensor, gt_box_masks: Tensor) -> Tensor:
     loss_x = dice_loss(mask_probs.amax(dim=2), gt_box_masks.amax(dim=2))  # project onto x
     loss_y = dice_loss(mask_probs.amax(dim=3), gt_box_masks.amax(dim=3))  # project onto y
     return loss_x + loss_y

@@ -256,8 +256,9 @@ class CondInst(nn.Module):
         self.pairwise_dilation = pairwise_dilation
         self.pairwise_color_thresh = pairwise_color_thresh
         self.pairwise_warmup_iters = pairwise_warmup_iters
-        # BoxInst variant: the projection term sees each mask only inside its GT box, and
-        # predicted masks are cropped to their boxes (config `boxinst_inside_box`).
+        # BoxInst variant: the projection term is averaged with the same term on each mask
+        # cropped to its GT box, and predicted masks are cropped to their boxes (config
+        # `boxinst_inside_box`; `projection_loss`).
         self.boxinst_inside_box = boxinst_inside_box
         self.input_format = check_input_format(input_format)  # BGR: MSRA / detectron2 weights; pixel_mean/std in that order
         self.pad_after_normalize = pad_after_normalize

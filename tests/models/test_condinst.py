@@ -229,24 +229,28 @@ def test_boxinst_losses():
 def test_projection_inside_box_rejects_border_strips_and_keeps_the_object():
     """The known collapse of plain BoxInst: a top-row strip over the box's columns plus a
     left-column strip over its rows has nearly the box's projections (it adds only row 0
-    and column 0), although no pixel is on the object. Projected inside the box only, it
-    costs the full loss; masks on the object cost nothing either way."""
+    and column 0), although no pixel is on the object. The inside-box variant averages the
+    term with the same term on the cropped mask, where the strips cost the full loss; a mask
+    that spills outside the box stays penalised; masks on the object cost nothing."""
     box_masks = box_masks_at_stride(torch.tensor([[32.0, 24.0, 80.0, 64.0]]), (20, 24), 4)  # cells y 6..15, x 8..19
     assert box_masks[0, 0, 6:16, 8:20].all() and box_masks.sum() == 10 * 12
     strips = torch.zeros_like(box_masks)
     strips[0, 0, 0, 8:20] = 1.0  # top row, the box's columns
     strips[0, 0, 6:16, 0] = 1.0  # left column, the box's rows
-    assert projection_loss(strips, box_masks) < 0.1
-    assert projection_loss(strips, box_masks, inside_box=True) > 1.9
+    plain = projection_loss(strips, box_masks)
+    assert plain < 0.1
+    assert projection_loss(strips, box_masks, inside_box=True) > 0.5 * (plain + 1.9)
+    everywhere = torch.ones_like(box_masks)  # right inside the box, wrong outside it
+    assert projection_loss(everywhere, box_masks, inside_box=True) > 0.5 * projection_loss(everywhere, box_masks) > 0.1
     on_object = box_masks.clone()
     on_object[0, 0, 6, 8] = on_object[0, 0, 15, 19] = 0  # two corners cut: same projections
     for mask in (box_masks, on_object):
         assert projection_loss(mask, box_masks) < 1e-4
         assert projection_loss(mask, box_masks, inside_box=True) < 1e-4
-    # Outside the box the variant sends no gradient; plain BoxInst sends it to column maxima.
+    # Gradient reaches pixels outside the box (through the uncropped half) and inside it.
     probs = torch.full_like(box_masks, 0.5).requires_grad_()
     projection_loss(probs, box_masks, inside_box=True).backward()
-    assert (probs.grad[box_masks == 0] == 0).all() and (probs.grad[box_masks == 1] != 0).any()
+    assert (probs.grad[box_masks == 0] != 0).any() and (probs.grad[box_masks == 1] != 0).any()
 
 
 def test_boxinst_inside_box_crops_predicted_masks_to_their_boxes():
