@@ -17,7 +17,7 @@ images are read at their stored size (training resizes them a little).
     python scripts/boxinst_color_prior.py                   # the built-in data (train split)
     python scripts/boxinst_color_prior.py --json train.json --images images/ --thresh 0.1 0.2 0.3
 
-Measured at 0b6cca9 (first 200 training images of each built-in variant, tau 0.3):
+Measured at 39fb965 (first 200 training images of each built-in variant, tau 0.3):
 docs/experiments/README.md, "Known problem: BoxInst's masks collapse to strips".
 """
 

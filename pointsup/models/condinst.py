@@ -392,10 +392,11 @@ class CondInst(nn.Module):
             else:
                 probs = probs.new_zeros(0, 1, H_out, W_out)
             boxes = boxes * boxes.new_tensor([W_out / W, H_out / H, W_out / W, H_out / H])
-        # Footnote 2: pixels outside GT boxes were never supervised, so only the part of
-        # each mask inside its predicted box is trusted (P_N; BoxInst inside the box).
-        outside_unsupervised = self.boxinst_inside_box if self.boxinst else self.supervision == "points"
-        if outside_unsupervised:
+        # P_N (footnote 2): pixels outside GT boxes were never supervised, so only the part
+        # of each mask inside its predicted box is trusted. BoxInst's inside-box variant
+        # crops too: half of its projection term judges each mask by its part in the box.
+        crop_to_boxes = self.boxinst_inside_box if self.boxinst else self.supervision == "points"
+        if crop_to_boxes:
             probs = probs * box_masks_at_stride(boxes, (H_out, W_out), 1)
         return {
             "pred_boxes": boxes,
