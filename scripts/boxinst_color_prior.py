@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pointsup.data.coco import decode_segmentation, load_coco_json, load_image_rgb, resolve_image_path
+from pointsup.data.coco import load_coco_json, load_image_rgb, resolve_image_path
+from pointsup.data.simulate_points import box_and_mask
 from pointsup.losses.condinst_losses import color_similarity, rgb_to_lab, unfold_neighbours
 from pointsup.models.condinst import MASK_OUT_STRIDE, box_masks_at_stride, masks_at_stride
 
@@ -67,27 +68,35 @@ def pair_counts(image_rgb: Tensor, masks: Tensor, boxes_xyxy: Tensor, thresholds
 
 
 def data_set_counts(json_path: str, image_dir: str, thresholds: list[float], max_images: int) -> dict[str, list[int]]:
-    """`pair_counts` summed over the first `max_images` images of a COCO file with masks."""
+    """`pair_counts` summed over the first `max_images` images of a COCO file with masks.
+
+    Boxes and masks are read as the point simulator reads them (`box_and_mask`: clear
+    errors for a malformed bbox or an unknown image; zero-area boxes skipped); an annotation
+    without a mask is an error, since this diagnostic needs one for every object."""
     coco = load_coco_json(json_path)
+    image_sizes = {info["id"]: (int(info["height"]), int(info["width"])) for info in coco["images"]}
     by_image: dict = {}
     for ann in coco["annotations"]:
         if ann.get("iscrowd", 0) == 0:
-            by_image.setdefault(ann["image_id"], []).append(ann)
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
     totals = {kind: [0] * (1 + len(thresholds)) for kind in KINDS}
     for info in coco["images"][:max_images]:
-        anns = by_image.get(info["id"], [])
-        if not anns:
+        skipped: dict[str, list] = {"have no segmentation": [], "have a zero-area box": []}
+        boxes_and_masks = [box_and_mask(ann, image_sizes, json_path, skipped) for ann in by_image.get(info["id"], [])]
+        if skipped["have no segmentation"]:
+            raise ValueError(f"{json_path}: annotation ids {skipped['have no segmentation'][:10]} have no "
+                             f"segmentation; this diagnostic needs GT masks")
+        boxes_and_masks = [(box, mask) for box, mask in boxes_and_masks if mask is not None]
+        if not boxes_and_masks:
             continue
-        image = torch.from_numpy(load_image_rgb(resolve_image_path(image_dir, info["file_name"]), info["id"]).copy())
-        size = image.shape[:2]
-        for ann in anns:
-            if "segmentation" not in ann:
-                raise ValueError(f"{json_path}: annotation id {ann.get('id', '?')} has no segmentation; "
-                                 f"this diagnostic needs GT masks")
-        masks = torch.from_numpy(np.stack([decode_segmentation(a["segmentation"], size, json_path, a.get("id", "?"))
-                                           for a in anns]))
-        x, y, bw, bh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).unbind(1)
-        counts = pair_counts(image.permute(2, 0, 1), masks, torch.stack([x, y, x + bw, y + bh], dim=1), thresholds)
+        image = load_image_rgb(resolve_image_path(image_dir, info["file_name"]), info["id"])
+        if image.shape[:2] != image_sizes[info["id"]]:
+            raise ValueError(f"{json_path}: image id {info['id']} ({info['file_name']}) is {image.shape[1]}x"
+                             f"{image.shape[0]} pixels, the JSON says {image_sizes[info['id']][1]}x"
+                             f"{image_sizes[info['id']][0]}")
+        boxes_xyxy = torch.tensor([box for box, _ in boxes_and_masks], dtype=torch.float32)  # (M, 4)
+        masks = torch.from_numpy(np.stack([mask for _, mask in boxes_and_masks]))  # (M, H, W)
+        counts = pair_counts(torch.from_numpy(image.copy()).permute(2, 0, 1), masks, boxes_xyxy, thresholds)
         for kind in KINDS:
             totals[kind] = [t + c for t, c in zip(totals[kind], counts[kind])]
     return totals

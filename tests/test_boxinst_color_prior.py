@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_util
@@ -69,3 +71,13 @@ def test_counts_over_a_coco_file(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(coco))
     totals = script.data_set_counts(str(tmp_path / "train.json"), str(tmp_path / "images"), [0.3], max_images=10)
     assert totals == script.pair_counts(image.round(), mask, box, [0.3])
+
+    # Bad records: a clear error naming the file and the annotation, not a crash in a tensor op.
+    for field, value, message in (("bbox", [8, 8], "annotation id 1 has no valid bbox"),
+                                  ("segmentation", None, "annotation ids [1] have no segmentation")):
+        bad = json.loads(json.dumps(coco))
+        bad["annotations"][0][field] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=re.escape(message)) as error:
+            script.data_set_counts(str(tmp_path / "bad.json"), str(tmp_path / "images"), [0.3], max_images=10)
+        assert "bad.json" in str(error.value)

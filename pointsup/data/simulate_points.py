@@ -125,7 +125,7 @@ def simulate_points(
             new_ann["segmentation"] = copy.deepcopy(ann["segmentation"])
         out["annotations"].append(new_ann)
 
-        box_xyxy, mask = _box_and_mask(ann, image_sizes, source, skipped)
+        box_xyxy, mask = box_and_mask(ann, image_sizes, source, skipped)
         if mask is None:
             continue
         coords_img = sample_points_in_box(rng, box_xyxy, num_points)  # (N, 2)
@@ -203,7 +203,7 @@ if __name__ == "__main__":
     main()
 
 
-def _box_and_mask(ann: dict[str, Any], image_sizes: dict[Any, tuple[int, int]], source: str,
+def box_and_mask(ann: dict[str, Any], image_sizes: dict[Any, tuple[int, int]], source: str,
                   skipped: dict[str, list]) -> tuple[tuple[float, float, float, float] | None, np.ndarray | None]:
     """An annotation's box clipped to its image (x0, y0, x1, y1) and its (H, W) bool mask; (None,
     None), with the id recorded in `skipped`, when it has no mask or an empty box; ValueError
