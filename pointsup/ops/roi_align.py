@@ -1,6 +1,10 @@
-"""RoIAlign with a faster backward pass on CPU.
+"""RoIAlign with a faster backward pass on CPU, and a forward that uses every CPU thread.
 
-The forward pass is `torchvision.ops.roi_align` itself (identical outputs). Its CPU backward
+The forward pass is `torchvision.ops.roi_align` itself (identical outputs). Its CPU kernel
+runs on one thread whatever `torch.get_num_threads()` says, so with T > 1 threads the RoIs
+are split into T runs of about equal sampling work and each run is pooled by the same op on
+its own Python thread (the op releases the GIL): the same values bit for bit, the work shared
+by T cores (`roi_align_forward`). Its CPU backward
 scatters every bilinear sample into the feature gradient one channel at a time, and is the
 largest single cost of a CPU training step after the convolutions (docs/PERFORMANCE.md).
 This module computes the same gradient with batched matrix products instead, using one fact
@@ -22,6 +26,9 @@ pixels with pixel centres at integers after the aligned half-pixel shift, as in 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -31,6 +38,10 @@ from torchvision.ops import roi_align as torchvision_roi_align
 # 4M floats = 16 MB per scratch tensor, whatever the number and size of the RoIs (a larger
 # budget measured no faster and raised the peak memory of a training step).
 BACKWARD_CHUNK_ELEMENTS = 1 << 22
+
+# Fewer RoIs than this per thread are pooled on the calling thread: a thread hand-off costs
+# about as much as pooling a few small RoIs.
+MIN_ROIS_PER_THREAD = 8
 
 
 def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
@@ -43,7 +54,79 @@ def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: f
     """
     if features.device.type == "cpu" and features.requires_grad and torch.is_grad_enabled():
         return _RoIAlignCPU.apply(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return roi_align_forward(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def roi_align_forward(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
+                      sampling_ratio: int, aligned: bool) -> Tensor:
+    """torchvision.ops.roi_align's values; on CPU with T > 1 torch threads, runs of RoIs
+    pooled by that op on T threads at once (its CPU kernel is single-threaded).
+
+    features: (N, C, H, W); rois: (R, 5). returns (R, C, S, S), bit-identical to one call.
+    """
+    T = torch.get_num_threads()
+    R = rois.shape[0]
+    # Grad mode and autocast are per thread: the pool's threads run the op without either,
+    # so only float32 / float64 outside autocast is split (inside `_RoIAlignCPU`, or with no
+    # gradient to record).
+    if (features.device.type != "cpu" or T < 2 or R < 2 * MIN_ROIS_PER_THREAD
+            or features.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu")
+            or (torch.is_grad_enabled() and features.requires_grad)
+            or torch.jit.is_tracing() or torch.compiler.is_compiling()):  # one op in a traced graph
+        return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
+    # The kernel reads (N, C, H, W) memory and copies any other layout on every call: copy once.
+    features = features.contiguous()
+    bounds = balanced_splits(rois, output_size, spatial_scale, sampling_ratio, aligned,
+                             min(T, R // MIN_ROIS_PER_THREAD))
+    runs = [rois[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    pooled = _thread_pool(T).map(
+        lambda run: _pool_without_grad(features, run, output_size, spatial_scale, sampling_ratio, aligned), runs
+    )
+    return torch.cat(list(pooled))
+
+
+@torch.no_grad()
+def _pool_without_grad(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
+                       sampling_ratio: int, aligned: bool) -> Tensor:
     return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
+
+
+def balanced_splits(rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
+                    aligned: bool, parts: int) -> list[int]:
+    """Boundaries 0 = b_0 <= b_1 <= ... <= b_parts = R of consecutive runs of RoIs with about
+    equal sampling work each (samples per bin: G_y x G_x, adaptive with sampling_ratio 0,
+    so a large RoI costs many small ones; plus one for the per-RoI setup).
+
+    rois: (R, 5) in image pixels.
+    """
+    R = rois.shape[0]
+    if sampling_ratio > 0:
+        work = torch.full((R,), float(sampling_ratio**2 + 1))
+    else:
+        sides = (rois[:, 3:5] - rois[:, 1:3]).float() * spatial_scale  # (R, 2) width, height
+        if not aligned:
+            sides = sides.clamp(min=1)
+        grid = torch.ceil(sides.clamp(min=0) / output_size)  # (R, 2) samples per bin along x, y
+        work = grid.prod(dim=1) + 1
+    cumulative = torch.cumsum(work.double(), dim=0)  # (R,)
+    targets = cumulative[-1] * torch.arange(1, parts, dtype=torch.float64) / parts
+    # A run ends after the first RoI whose cumulative work reaches its share.
+    inner = (torch.searchsorted(cumulative, targets) + 1).clamp(max=R).tolist()
+    return [0, *inner, R]
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """A pool of `threads` workers for this process (a pool inherited through fork has no
+    threads, and the thread count can change between calls)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != threads:
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)
+        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="roi_align"))
+    return _POOL[2]
 
 
 class _RoIAlignCPU(torch.autograd.Function):
@@ -52,7 +135,7 @@ class _RoIAlignCPU(torch.autograd.Function):
                 sampling_ratio: int, aligned: bool) -> Tensor:
         ctx.save_for_backward(rois)
         ctx.args = (features.shape, output_size, spatial_scale, sampling_ratio, aligned)
-        return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
+        return roi_align_forward(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
     @staticmethod
     @once_differentiable

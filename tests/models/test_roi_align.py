@@ -114,3 +114,59 @@ def test_pooler_gradient_matches_torchvision_over_levels(monkeypatch):
     for a, b in zip(ours, theirs):
         assert b.grad.abs().sum() > 0
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("sampling_ratio, aligned", [(0, True), (2, True), (0, False)])
+def test_forward_on_several_threads_is_bitwise_one_call(monkeypatch, threads, sampling_ratio, aligned):
+    """With T > 1 torch threads the RoIs are pooled in T runs on T threads: the same values
+    bit for bit, as one torchvision call, with and without a gradient to record."""
+    import pointsup.ops.roi_align as module
+
+    generator = torch.Generator().manual_seed(threads + sampling_ratio)
+    N, C, H, W, S, scale = 2, 6, 21, 19, 7, 0.25
+    features = torch.randn(N, C, H, W, generator=generator).contiguous(memory_format=torch.channels_last)
+    rois = awkward_rois(N, H, W, scale, generator)  # 68 RoIs: enough for 3 runs of >= 8
+    expected = torchvision_roi_align(features, rois, S, scale, sampling_ratio, aligned=aligned)
+
+    calls = []
+    real_op = module.torchvision_roi_align
+    monkeypatch.setattr(module, "torchvision_roi_align", lambda f, r, *a, **k: calls.append(len(r)) or real_op(f, r, *a, **k))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            plain = roi_align(features, rois, S, scale, sampling_ratio, aligned)
+        assert calls and len(calls) == threads and sum(calls) == len(rois)
+        calls.clear()
+        leaf = features.clone().requires_grad_()
+        with_grad = roi_align(leaf, rois, S, scale, sampling_ratio, aligned)
+        assert len(calls) == threads
+        torch.set_num_threads(1)
+        calls.clear()
+        one_thread = roi_align(features, rois, S, scale, sampling_ratio, aligned)
+        assert calls == [len(rois)]  # one thread: one call, as before
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(plain, expected)
+    assert torch.equal(with_grad.detach(), expected) and with_grad.requires_grad
+    assert torch.equal(one_thread, expected)
+    with_grad.sum().backward()  # the gradient still flows through pointsup's backward
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+
+
+def test_balanced_splits_share_the_sampling_work():
+    """Runs cover every RoI once, in order, with about equal adaptive sampling work: one huge
+    RoI among many small ones gets a run nearly to itself."""
+    from pointsup.ops.roi_align import balanced_splits
+
+    small = torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0]]).repeat(99, 1)  # 2 x 2 px at scale 1/4: 1 sample a bin
+    huge = torch.tensor([[0.0, 0.0, 0.0, 800.0, 800.0]])  # 200 px: ceil(200 / 7)^2 = 841 samples a bin
+    rois = torch.cat([huge, small])
+    bounds = balanced_splits(rois, 7, 0.25, 0, True, parts=2)
+    assert bounds[0] == 0 and bounds[-1] == len(rois) and len(bounds) == 3
+    assert bounds[1] == 1  # the huge RoI (842 units) outweighs the 99 small ones (2 units each)
+    even = balanced_splits(small, 7, 0.25, 0, True, parts=3)
+    assert even == [0, 33, 66, 99]
+    fixed = balanced_splits(rois, 7, 0.25, 2, True, parts=4)  # fixed grid: equal work per RoI
+    assert fixed == [0, 25, 50, 75, 100]
