@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import box_iou, clip_boxes_to_image
 
 from ..config import ROIHeadsConfig
-from ..ops.boxes import Box2BoxTransform, Matcher, box_regression_loss, subsample_labels
+from ..ops.boxes import Box2BoxTransform, Matcher, batched_nms, box_regression_loss, subsample_labels
 from ..ops.roi_pooler import ROIPooler
 from ..structures import InstanceTargets
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torchvision
 from torch import Tensor
+
+from .cpu_threads import can_split, map_on_threads
 
 # detectron2's clamp on predicted log-scale deltas: a box can grow at most 1000/16 times.
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -121,3 +124,29 @@ def box_regression_loss(pred_deltas: Tensor, gt_deltas: Tensor, smooth_l1_beta: 
     if smooth_l1_beta < 1e-5:
         return torch.nn.functional.l1_loss(pred_deltas, gt_deltas, reduction="sum")
     return torch.nn.functional.smooth_l1_loss(pred_deltas, gt_deltas, beta=smooth_l1_beta, reduction="sum")
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision.ops.batched_nms: the same indices in the same order, faster on CPU for many groups.
+
+    boxes: (B, 4) xyxy; scores: (B,); groups: (B,) int, NMS runs within each group (a class,
+    or an FPN level in the RPN). returns (B_kept,) int64 indices, by decreasing score.
+
+    Above 1000 CPU boxes torchvision runs `nms` per group, finding each group's boxes with a
+    full `idxs == g` pass (80 passes over 80,000 boxes at a COCO box head with score
+    threshold 0). Here one stable sort by group finds them all, and with T > 1 torch threads
+    the groups' `nms` calls (single-threaded kernels) run on T threads
+    (`pointsup.ops.cpu_threads`); the kept indices go through torchvision's own final sort,
+    in torchvision's input order, so ties between equal scores resolve alike.
+    """
+    if boxes.device.type != "cpu" or boxes.numel() <= 4000 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)  # torchvision's other branch
+    order = torch.argsort(groups, stable=True)  # (B,) each group's boxes in input order
+    counts = torch.unique_consecutive(groups[order], return_counts=True)[1].tolist()
+    members = order.split(counts)  # per group: (B_g,) indices into boxes
+    if can_split(boxes):
+        kept = map_on_threads(lambda idx: idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_threshold)], members)
+    else:
+        kept = [idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_threshold)] for idx in members]
+    keep = torch.cat(kept).sort().values  # ascending, as torchvision's torch.where(keep_mask)
+    return keep[scores[keep].sort(descending=True)[1]]

@@ -3,7 +3,7 @@
 The forward pass is `torchvision.ops.roi_align` itself (identical outputs). Its CPU kernel
 runs on one thread whatever `torch.get_num_threads()` says, so with T > 1 threads the RoIs
 are split into T runs of about equal sampling work and each run is pooled by the same op on
-its own Python thread (the op releases the GIL): the same values bit for bit, the work shared
+its own Python thread (`pointsup.ops.cpu_threads`): the same values bit for bit, the work shared
 by T cores (`roi_align_forward`). Its CPU backward
 scatters every bilinear sample into the feature gradient one channel at a time, and is the
 largest single cost of a CPU training step after the convolutions (docs/PERFORMANCE.md).
@@ -26,21 +26,20 @@ pixels with pixel centres at integers after the aligned half-pixel shift, as in 
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torchvision.ops import roi_align as torchvision_roi_align
+
+from .cpu_threads import can_split, map_on_threads
 
 # Largest (RoIs x window rows x window columns x channels) handled at once in the backward:
 # 4M floats = 16 MB per scratch tensor, whatever the number and size of the RoIs (a larger
 # budget measured no faster and raised the peak memory of a training step).
 BACKWARD_CHUNK_ELEMENTS = 1 << 22
 
-# Fewer RoIs than this per thread are pooled on the calling thread: a thread hand-off costs
-# about as much as pooling a few small RoIs.
+# Fewer RoIs than this per thread are pooled in one call: a thread hand-off costs about as
+# much as pooling a few small RoIs.
 MIN_ROIS_PER_THREAD = 8
 
 
@@ -66,29 +65,19 @@ def roi_align_forward(features: Tensor, rois: Tensor, output_size: int, spatial_
     """
     T = torch.get_num_threads()
     R = rois.shape[0]
-    # Grad mode and autocast are per thread: the pool's threads run the op without either,
-    # so only float32 / float64 outside autocast is split (inside `_RoIAlignCPU`, or with no
-    # gradient to record).
-    if (features.device.type != "cpu" or T < 2 or R < 2 * MIN_ROIS_PER_THREAD
-            or features.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu")
-            or (torch.is_grad_enabled() and features.requires_grad)
-            or torch.jit.is_tracing() or torch.compiler.is_compiling()):  # one op in a traced graph
+    # With a gradient to record (outside `_RoIAlignCPU`) torchvision's own autograd must see the call.
+    if not can_split(features) or R < 2 * MIN_ROIS_PER_THREAD or (torch.is_grad_enabled() and features.requires_grad):
         return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
     # The kernel reads (N, C, H, W) memory and copies any other layout on every call: copy once.
     features = features.contiguous()
     bounds = balanced_splits(rois, output_size, spatial_scale, sampling_ratio, aligned,
                              min(T, R // MIN_ROIS_PER_THREAD))
     runs = [rois[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    pooled = _thread_pool(T).map(
-        lambda run: _pool_without_grad(features, run, output_size, spatial_scale, sampling_ratio, aligned), runs
+    pooled = map_on_threads(
+        lambda run: torchvision_roi_align(features, run, output_size, spatial_scale, sampling_ratio, aligned=aligned),
+        runs,
     )
-    return torch.cat(list(pooled))
-
-
-@torch.no_grad()
-def _pool_without_grad(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
-                       sampling_ratio: int, aligned: bool) -> Tensor:
-    return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
+    return torch.cat(pooled)
 
 
 def balanced_splits(rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
@@ -113,20 +102,6 @@ def balanced_splits(rois: Tensor, output_size: int, spatial_scale: float, sampli
     # A run ends after the first RoI whose cumulative work reaches its share.
     inner = (torch.searchsorted(cumulative, targets) + 1).clamp(max=R).tolist()
     return [0, *inner, R]
-
-
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
-
-
-def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    """A pool of `threads` workers for this process (a pool inherited through fork has no
-    threads, and the thread count can change between calls)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != threads:
-        if _POOL is not None and _POOL[0] == os.getpid():
-            _POOL[2].shutdown(wait=False)
-        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="roi_align"))
-    return _POOL[2]
 
 
 class _RoIAlignCPU(torch.autograd.Function):
