@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -21,13 +22,26 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
+_DISABLED = False  # set by `one_call_each` (benchmarks and checks)
+
+
+@contextmanager
+def one_call_each():
+    """Within this block nothing is split: each op runs as one call on the calling thread
+    (what pointsup did before; `scripts/bench_cpu_threads.py` times one against the other)."""
+    global _DISABLED
+    previous, _DISABLED = _DISABLED, True
+    try:
+        yield
+    finally:
+        _DISABLED = previous
 
 
 def can_split(tensor: Tensor) -> bool:
     """Whether work on `tensor` may go to the pool: a float32 / float64 CPU tensor, more than
     one torch thread, outside autocast (per-thread state the pool does not have) and outside
     tracing or compiling (where the op must stay one node of the graph)."""
-    return (tensor.device.type == "cpu" and torch.get_num_threads() > 1
+    return (not _DISABLED and tensor.device.type == "cpu" and torch.get_num_threads() > 1
             and tensor.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 

@@ -7,7 +7,7 @@ import threading
 
 import torch
 
-from pointsup.ops.cpu_threads import can_split, map_on_threads
+from pointsup.ops.cpu_threads import can_split, map_on_threads, one_call_each
 
 
 def test_map_on_threads_keeps_order_and_uses_the_pool_only_with_threads():
@@ -36,6 +36,9 @@ def test_can_split_only_float_cpu_work_outside_autocast():
         assert not can_split(torch.zeros(2, dtype=torch.bfloat16))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not can_split(torch.zeros(2))
+        with one_call_each():
+            assert not can_split(torch.zeros(2))
+        assert can_split(torch.zeros(2))
         torch.set_num_threads(1)
         assert not can_split(torch.zeros(2))
     finally:
