@@ -1,7 +1,7 @@
 """Box arithmetic shared by the RPN and the ROI heads: delta coding, matching, sampling.
 
 Shape letters (`pointsup.structures`): M GT boxes, R reference boxes (proposals, or the
-A anchors of an image in the RPN), K classes.
+A anchors of an image in the RPN), K classes, B candidate boxes of an NMS.
 All boxes are (x0, y0, x1, y1) in continuous image pixels (`*_img` frame, see
 `pointsup.structures`); width is x1 - x0 (no "+1" pixel convention).
 """
