@@ -1,4 +1,4 @@
-"""Box arithmetic shared by the RPN and the ROI heads: delta coding, matching, sampling.
+"""Box arithmetic shared by the RPN and the ROI heads: delta coding, matching, sampling, NMS.
 
 Shape letters (`pointsup.structures`): M GT boxes, R reference boxes (proposals, or the
 A anchors of an image in the RPN), K classes, B candidate boxes of an NMS.
