@@ -363,6 +363,24 @@ def test_self_training_gain_is_paired_by_seed():
     assert "0.3 ± 1.5 AP" in line and "within noise" in line
 
 
+
+def test_noise_drops_are_paired_by_seed_for_every_level():
+    """The 5% target line, then each noisy row's drop from the clean row per training seed,
+    ordered by noise level (5% before 10%)."""
+    def row(label, segm):
+        return {"label": label, "group": label, "seeds": [0, 1, 2], "segm": segm}
+
+    rows = [row("P10 clean", [40.0, 36.0, 44.0]), row("P10 10% random", [37.0, 34.0, 40.0]),
+            row("P10 5% random", [39.0, 35.0, 43.0]), row("P10 5% boundary", [39.5, 35.5, 43.5]),
+            row("P10 10% boundary", [38.0, 35.0, 42.0])]
+    lines = experiments.claims("noise", rows)
+    assert lines[0].startswith("- 5% noise drops: random 1.0 AP, boundary 0.5 AP") and lines[0].endswith("**not met**")
+    drops = [line for line in lines if "drop from clean, per seed" in line]
+    assert [line.split(":")[0] for line in drops] == ["- P10 5% boundary", "- P10 5% random", "- P10 10% boundary",
+                                                      "- P10 10% random"]
+    assert "3.0 ± 1.0 AP (+3.0, +2.0, +4.0)" in drops[3]
+    assert "0.5 ± 0.0 AP (+0.5, +0.5, +0.5)" in drops[0]
+
 def test_only_selects_matching_runs_and_what_they_depend_on(tmp_path):
     args, data, plan = _plan(tmp_path, ["self_training"])
     runs = plan["self_training"]
