@@ -659,6 +659,9 @@ def gt_iou_findings(study: str, rows: list[dict]) -> list[str]:
         compare("P10 5% random", "P10 clean", "−0.2 AP")
         compare("P10 5% boundary", "P10 clean", "−0.4 AP")
         compare("P10 5% boundary", "P10 5% random", "−0.2 AP, boundary noise hurts more")
+        compare("P10 10% random", "P10 clean", "no figure at 10%")
+        compare("P10 10% boundary", "P10 clean", "no figure at 10%")
+        compare("P10 10% boundary", "P10 10% random", "no figure at 10%; at 5% boundary noise hurts more")
     elif study == "self_training" and "P10" in iou and "P10 -> pseudo masks" in iou:
         gains = finite([y - x for x, y in seed_pairs(by["P10"], by["P10 -> pseudo masks"], "gt_iou")])
         out.append(f"- mask IoU in GT boxes, student − its teacher per seed: {fmt(*mean_std(gains))} "
