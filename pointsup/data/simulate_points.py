@@ -82,6 +82,30 @@ def sample_points_in_box(
     return np.clip(coords, (x0, y0), (x1, y1))
 
 
+def box_and_mask(ann: dict[str, Any], image_sizes: dict[Any, tuple[int, int]], source: str,
+                  skipped: dict[str, list]) -> tuple[tuple[float, float, float, float] | None, np.ndarray | None]:
+    """An annotation's box clipped to its image (x0, y0, x1, y1) and its (H, W) bool mask; (None,
+    None), with the id recorded in `skipped`, when it has no mask or an empty box; ValueError
+    naming the annotation for a malformed bbox or an unknown image."""
+    ann_id = ann.get("id", "?")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise ValueError(f"{source}: annotation id {ann_id} has no valid bbox [x, y, w, h] (got {bbox!r})")
+    if ann.get("image_id") not in image_sizes:
+        raise ValueError(f"{source}: annotation id {ann_id} refers to unknown image_id {ann.get('image_id')!r}")
+    H, W = image_sizes[ann["image_id"]]
+    segmentation = ann.get("segmentation")
+    if segmentation is None or (isinstance(segmentation, list) and len(segmentation) == 0):
+        skipped["have no segmentation"].append(ann_id)
+        return None, None
+    x, y, w, h = (float(v) for v in bbox)
+    box_xyxy = (min(max(x, 0.0), W), min(max(y, 0.0), H), min(max(x + w, 0.0), W), min(max(y + h, 0.0), H))
+    if not (box_xyxy[2] > box_xyxy[0] and box_xyxy[3] > box_xyxy[1]):
+        skipped["have a zero-area box"].append(ann_id)
+        return None, None
+    return box_xyxy, decode_segmentation(segmentation, (H, W), source, ann_id)
+
+
 def simulate_points(
     coco: dict[str, Any],
     num_points: int,
@@ -201,27 +225,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def box_and_mask(ann: dict[str, Any], image_sizes: dict[Any, tuple[int, int]], source: str,
-                  skipped: dict[str, list]) -> tuple[tuple[float, float, float, float] | None, np.ndarray | None]:
-    """An annotation's box clipped to its image (x0, y0, x1, y1) and its (H, W) bool mask; (None,
-    None), with the id recorded in `skipped`, when it has no mask or an empty box; ValueError
-    naming the annotation for a malformed bbox or an unknown image."""
-    ann_id = ann.get("id", "?")
-    bbox = ann.get("bbox")
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise ValueError(f"{source}: annotation id {ann_id} has no valid bbox [x, y, w, h] (got {bbox!r})")
-    if ann.get("image_id") not in image_sizes:
-        raise ValueError(f"{source}: annotation id {ann_id} refers to unknown image_id {ann.get('image_id')!r}")
-    H, W = image_sizes[ann["image_id"]]
-    segmentation = ann.get("segmentation")
-    if segmentation is None or (isinstance(segmentation, list) and len(segmentation) == 0):
-        skipped["have no segmentation"].append(ann_id)
-        return None, None
-    x, y, w, h = (float(v) for v in bbox)
-    box_xyxy = (min(max(x, 0.0), W), min(max(y, 0.0), H), min(max(x + w, 0.0), W), min(max(y + h, 0.0), H))
-    if not (box_xyxy[2] > box_xyxy[0] and box_xyxy[3] > box_xyxy[1]):
-        skipped["have a zero-area box"].append(ann_id)
-        return None, None
-    return box_xyxy, decode_segmentation(segmentation, (H, W), source, ann_id)

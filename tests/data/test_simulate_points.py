@@ -136,3 +136,17 @@ def test_annotation_without_bbox_names_id(synthetic_paths):
     del coco["annotations"][2]["bbox"]
     with pytest.raises(ValueError, match=f"annotation id {ann_id}"):
         simulate_points(coco, 4, seed=0, source="x.json")
+
+
+def test_module_runs_as_a_command(synthetic_paths, tmp_path):
+    """`python -m pointsup.data.simulate_points` end to end, as users run it (a helper defined
+    below the main guard once broke the command while in-process calls of main() passed)."""
+    import subprocess
+    import sys
+
+    out_path = tmp_path / "points.json"
+    result = subprocess.run([sys.executable, "-m", "pointsup.data.simulate_points", "--input", synthetic_paths["train_json"],
+                             "--output", str(out_path), "--num-points", "3"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    anns = json.load(open(out_path))["annotations"]
+    assert anns and all(len(a["point_coords"]) == 3 for a in anns if "point_coords" in a)

@@ -2,6 +2,7 @@
 argument a help text and its default (a required argument has none to give)."""
 
 import importlib
+import importlib.util
 import re
 
 import pytest
@@ -55,3 +56,17 @@ def test_help_names_the_module_and_every_default(module_name, function, required
             assert "(default:" in block, f"{module_name} {option} does not show its default: {block}"
         else:
             assert "(default:" not in block, f"{module_name} {option} is required but shows a default"
+
+
+@pytest.mark.parametrize("module_name", [m for m, _, _ in COMMANDS])
+def test_main_guard_is_the_last_statement(module_name):
+    """`python -m` runs a module top to bottom: anything defined after its
+    `if __name__ == "__main__":` block does not exist yet when the command runs (an import
+    sees it, so in-process tests do not notice)."""
+    import ast
+
+    path = importlib.util.find_spec(module_name).origin
+    body = ast.parse(open(path).read()).body
+    guards = [i for i, node in enumerate(body) if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    assert guards, f"{module_name}: no main guard"
+    assert guards[-1] == len(body) - 1, f"{path}: statements after the main guard (line {body[guards[-1]].lineno})"
