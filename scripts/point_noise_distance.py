@@ -51,6 +51,8 @@ def flipped_distances(gt: dict, clean: dict, noisy: dict, source: str) -> tuple[
         if ann["id"] not in gt_by_id:
             raise ValueError(f"{source}: annotation id {ann['id']} is not in the GT file")
         box_xyxy, mask = box_and_mask(gt_by_id[ann["id"]], sizes, source, skipped)
+        if mask is None:
+            raise ValueError(f"{source}: annotation id {ann['id']} has flipped labels but no mask or box in the GT file")
         coords_img = np.asarray(ann["point_coords"], dtype=np.float64)[flipped]  # (f, 2) x, y
         d = distance_to_boundary(coords_img, mask, box_xyxy)  # (f,)
         cell = max(box_xyxy[2] - box_xyxy[0], box_xyxy[3] - box_xyxy[1]) / GRID

@@ -62,6 +62,10 @@ def test_points_that_are_not_the_clean_files_are_refused(tmp_path, capsys):
     noisy["annotations"][0]["point_coords"][0] = [9.0, 9.0]
     with pytest.raises(ValueError, match="noisy.json: annotation id 7 has other points"):
         module.flipped_distances(gt, clean, noisy, "noisy.json")
+    gt, clean, noisy = _files()
+    del gt["annotations"][0]["segmentation"]
+    with pytest.raises(ValueError, match="noisy.json: annotation id 7 has flipped labels but no mask"):
+        module.flipped_distances(gt, clean, noisy, "noisy.json")
     paths = {}
     for name, data in zip(("gt", "clean", "noisy"), _files()):
         paths[name] = tmp_path / f"{name}.json"

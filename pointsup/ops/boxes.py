@@ -144,9 +144,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     order = torch.argsort(groups, stable=True)  # (B,) each group's boxes in input order
     counts = torch.unique_consecutive(groups[order], return_counts=True)[1].tolist()
     members = order.split(counts)  # per group: (B_g,) indices into boxes
-    if can_split(boxes):
-        kept = map_on_threads(lambda idx: idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_threshold)], members)
-    else:
-        kept = [idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_threshold)] for idx in members]
+    def kept_in(idx: Tensor) -> Tensor:  # (B_g,) -> (B_g_kept,) indices into boxes
+        return idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_threshold)]
+
+    kept = map_on_threads(kept_in, members) if can_split(boxes) else [kept_in(idx) for idx in members]
     keep = torch.cat(kept).sort().values  # ascending, as torchvision's torch.where(keep_mask)
     return keep[scores[keep].sort(descending=True)[1]]
