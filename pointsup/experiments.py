@@ -69,10 +69,12 @@ CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 COCO_CONFIGS = {
     "mask_rcnn_masks": "mask_rcnn_R_50_FPN_3x", "mask_rcnn_P10": "mask_rcnn_R_50_FPN_3x_P10",
     "mask_rcnn_P10_point_aug": "mask_rcnn_R_50_FPN_3x_P10_point_aug",
-    "pointrend_masks": "pointrend_R_50_FPN_3x", "pointrend_P10_point_aug": "pointrend_R_50_FPN_3x_P10_point_aug",
-    "implicit_pointrend_masks": "implicit_pointrend_R_50_FPN_3x",
+    "pointrend_masks": "pointrend_R_50_FPN_3x", "pointrend_P10": "pointrend_R_50_FPN_3x_P10",
+    "pointrend_P10_point_aug": "pointrend_R_50_FPN_3x_P10_point_aug",
+    "implicit_pointrend_masks": "implicit_pointrend_R_50_FPN_3x", "implicit_pointrend_P10": "implicit_pointrend_R_50_FPN_3x_P10",
     "implicit_pointrend_P10_point_aug": "implicit_pointrend_R_50_FPN_3x_P10_point_aug",
-    "condinst_masks": "condinst_R_50_FPN_3x", "condinst_P10_point_aug": "condinst_R_50_FPN_3x_P10_point_aug",
+    "condinst_masks": "condinst_R_50_FPN_3x", "condinst_P10": "condinst_R_50_FPN_3x_P10",
+    "condinst_P10_point_aug": "condinst_R_50_FPN_3x_P10_point_aug",
     "condinst_boxinst": "boxinst_R_50_FPN_1x", "condinst_boxinst_inside_box": "boxinst_R_50_FPN_1x_inside_box",
 }
 
@@ -408,7 +410,9 @@ class Planner:
                 if stem not in self.args.models:
                     continue
                 runs.append(self.run("supervision", f"{model} masks", f"{stem}_masks", masks, seed, group="masks"))
-                if stem == "mask_rcnn":  # the paper reports Mask R-CNN both ways
+                # The paper reports Mask R-CNN both ways and the others with point aug only;
+                # `--p10-without-aug all` adds their P10 rows without it (what the aug costs).
+                if stem == "mask_rcnn" or self.args.p10_without_aug == "all":
                     runs.append(self.run("supervision", f"{model} P10", f"{stem}_P10", p10, seed, group="P10"))
                 runs.append(self.run("supervision", f"{model} P10+aug", f"{stem}_P10_point_aug", p10, seed, group="P10+aug"))
         return runs
@@ -893,7 +897,8 @@ def write_report(path: str, plan: dict[str, list[Run]], statuses: dict[str, dict
              "- scale: " + (f"{args.iters} iterations per run (2x for `schedule`), LR steps at 75% / 90%"
                              if args.iters else "each config's own schedule")
              + f", configs/{args.config_set} models; {args.jobs} runs at a time, {args.threads} thread(s) each",
-             f"- supervision study models: {', '.join(args.models)}",
+             f"- supervision study models: {', '.join(args.models)}" + ("; every model also with P10 without point aug"
+                                                                        if args.p10_without_aug == "all" else ""),
              f"- harness wall time this invocation: {wall_s / 60:.1f} min (finished runs are read, not retrained)",
              f"- mask IoU in GT boxes of the filled GT box itself (no model; what a mask has to beat): {box_iou:.1f}", ""]
     for study, runs in plan.items():
@@ -957,6 +962,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--models", nargs="+", default=list(MODELS.values()), choices=list(MODELS.values()),
                         help="models of the supervision study")
+    parser.add_argument("--p10-without-aug", choices=("mask_rcnn", "all"), default="mask_rcnn",
+                        help="supervision study: which models also get a P10 row without point augmentation; "
+                             "mask_rcnn is the paper's protocol (Tables 2 and 7), all adds the point heads' and "
+                             "CondInst's (to measure what the augmentation costs them)")
     parser.add_argument("--num-points", type=int, nargs="+", default=[1, 3, 5, 10, 20],
                         help="points per object of the num_points study (paper Fig. 3)")
     parser.add_argument("--noise-fractions", type=float, nargs="+", default=[0.05, 0.10],

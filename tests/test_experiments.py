@@ -11,6 +11,7 @@ import statistics
 import pytest
 
 from pointsup import experiments
+from pointsup.config import load_config
 from pointsup.data.synthetic import generate_synthetic_dataset
 
 
@@ -286,6 +287,29 @@ def _finish(run, ap: float) -> None:
                 os.path.join(run.folder, "config.yaml"))
     with open(os.path.join(run.folder, "metrics.json"), "w") as f:
         json.dump({"iteration": 10, "bbox": {"AP": ap}, "segm": {"AP": ap, "AP50": ap, "AP75": ap}}, f)
+
+
+def test_p10_without_aug_for_every_model(tmp_path):
+    """The paper's protocol trains only Mask R-CNN with P10 both ways; `--p10-without-aug all`
+    adds a P10 row without point aug for every model, on its own no-aug config, which the
+    report pairs with the same model's masks row."""
+    args, data, plan = _plan(tmp_path, ["supervision"])
+    assert {r.label for r in plan["supervision"] if r.group == "P10"} == {"Mask R-CNN P10"}
+    args, data, plan = _plan(tmp_path, ["supervision"], ["--p10-without-aug", "all"])
+    p10 = {r.label: r for r in plan["supervision"] if r.group == "P10" and r.seed == 0}
+    assert set(p10) == {f"{model} P10" for model in experiments.MODELS}
+    for model, stem in experiments.MODELS.items():
+        assert os.path.basename(p10[f"{model} P10"].config) == f"{stem}_P10.yaml"
+        assert not load_config(p10[f"{model} P10"].config).data.point_aug
+    coco = experiments.Planner(data, experiments.parse_args(["--config-set", "coco", "--p10-without-aug", "all"]))
+    for run in coco.supervision():
+        assert os.path.exists(run.config), run.config  # the paper-scale configs exist for every row
+    for run in plan["supervision"]:
+        _finish(run, {"masks": 40.0, "P10": 36.0}.get(run.group, 32.0))
+    report = experiments.write_report(str(tmp_path / "report.md"), plan, {}, data, args, "cmd", 1.0)
+    assert "| PointRend P10 | 36.0 ± 0.0 |" in report and "every model also with P10 without point aug" in report
+    row = next(line for line in report.splitlines() if line.startswith("| CondInst P10 |"))
+    assert "0.90 ± 0.00" in row  # 36 / 40, paired with CondInst masks
 
 
 def test_identical_runs_of_different_studies_are_trained_once(tmp_path):
